@@ -1,0 +1,9 @@
+"""lossd kernels: batched, numerically exact binary cross-entropy and its relatives.
+
+Pure Numba/NumPy; no web imports. See the README for the loss forms and options.
+"""
+
+from . import _config  # noqa: F401  (threading layer, cache dir: before any compile)
+from .api import GradResult, LossResult, ParamGrad, grad, logreg_grad, loss, set_threads, warmup
+
+__all__ = ["loss", "grad", "logreg_grad", "LossResult", "GradResult", "ParamGrad", "set_threads", "warmup"]

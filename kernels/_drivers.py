@@ -1,0 +1,287 @@
+"""Block-parallel drivers: one fused pass computes losses, gradients, weighted sums,
+statistics and an input-validity count.
+
+The input (N or N×K, C order) is walked flat in blocks of B elements, B a multiple of
+K so that a block holds whole rows. Per block, one vectorised loop computes each
+element's loss (and gradient) into a block buffer — the output array itself for
+``reduction="none"``, a per-block scratch otherwise, so ``mean`` allocates nothing of
+size n — and a second loop over that cache-resident buffer gives the block's exact
+two-pass M2, min and max. Blocks are merged with Chan's formula. Kernels are built
+by a factory whose closure holds only integers, so Numba folds the element switch at
+compile time and the on-disk cache keys stay stable across processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from numba import njit, prange, types
+
+from . import _elements as E
+from . import _math as M
+
+# Numba's cache is invalidated only by the *kernel's* file; the element and math code it
+# inlines lives elsewhere, so their hash is part of every kernel's closure (cache key).
+SOURCE_STAMP = hashlib.sha256(b"".join(
+    (Path(__file__).parent / f).read_bytes() for f in ("_math.py", "_elements.py", "_drivers.py")
+)).hexdigest()[:16]
+
+FASTMATH = {"contract", "reassoc", "nsz", "arcp"}  # reassoc: vectorised reductions
+
+# Columns of the per-block statistics table.
+S_COUNT, S_SUM, S_M2, S_MIN, S_MAX, S_WSUM, S_BAD = range(7)
+N_STATS = 7
+# Layout of the float64 parameter vector.
+# Label smoothing arrives as keep = 1 - ls and half = ls / 2, both rounded in Python:
+# computed in the kernel, fast-math could fold them into y - ls·(y - 1/2).
+P_LA, P_LB, P_KEEP, P_HALF, P_DISCRETE, P_GAMMA, P_ALPHA, P_LO, P_HI = range(9)
+N_PARAMS = 9
+
+
+def make_block(kind: int, grad: int):
+    """Build the serial block function for element ``kind``; ``grad`` adds gradients.
+
+    ``block(s, y, w, pwt, k, prm, scale, out, gout, table, b, i0, i1)`` processes the
+    flat elements [i0, i1) of s, y (whole rows), writes losses to ``out`` (if not
+    empty) and scaled, weighted gradients to ``gout`` (if ``grad``), and its statistics
+    to ``table[b]``. w: N row weights or empty; pwt: pos_weight tiled over a block;
+    prm: the N_PARAMS vector.
+    """
+    KIND, GRAD, STAMP = kind, grad, SOURCE_STAMP
+    prob_input = 1 if kind in E.PROB_KINDS else 0
+
+    @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+    def block(s, y, w, pwt, k, prm, scale, out, gout, table, b, i0, i1):
+        _ = STAMP  # in the closure, hence in the cache key
+        la = prm[P_LA]
+        lb = prm[P_LB]
+        keep = prm[P_KEEP]
+        half_ls = prm[P_HALF]
+        discrete = prm[P_DISCRETE] != 0.0
+        gamma = prm[P_GAMMA]
+        alpha = prm[P_ALPHA]
+        lo = prm[P_LO]
+        hi = prm[P_HI]
+        m = i1 - i0
+        # Views rather than s[i0 + j]: LLVM vectorises the offset-free loop better.
+        sv = s[i0:i1]
+        yv = y[i0:i1]
+        gv = gout[i0:i1]
+        buf = out[i0:i1] if out.size > 0 else np.empty(m)
+        acc = 0.0
+        bad = 0
+        for j in range(m):
+            si = np.float64(sv[j])
+            y01 = np.float64(yv[j]) * la + lb
+            yi = M.affine(y01, keep, half_ls)
+            if KIND == E.CE_LOGITS:
+                l, g = E.ce_logits(si, yi, pwt[j])
+            elif KIND == E.CE_PROB:
+                l, g = E.ce_prob(si, yi, pwt[j], lo, hi)
+            elif KIND == E.FOCAL_LOGITS:
+                l, g = E.focal_logits(si, yi, gamma, alpha)
+            elif KIND == E.FOCAL_PROB:
+                l, g = E.focal_prob(si, yi, gamma, alpha, lo, hi)
+            elif KIND == E.SE_LOGITS:
+                l, g = E.se_logits(si, yi)
+            elif KIND == E.SE_PROB:
+                l, g = E.se_prob(si, yi)
+            else:
+                l, g = E.margin_loss(KIND, si, yi)
+            buf[j] = l
+            if GRAD:
+                gv[j] = g * scale
+            acc += l
+            if prob_input:
+                bad_s = (si < 0.0) | (si > 1.0) | (si != si)
+            else:
+                bad_s = si != si
+            bad_y = (y01 < 0.0) | (y01 > 1.0) | (y01 != y01) | (discrete & (y01 != 0.0) & (y01 != 1.0))
+            bad += np.int64(bad_s | bad_y)
+        mean = acc / m
+        m2 = 0.0
+        lmin = np.inf
+        lmax = -np.inf
+        for j in range(m):
+            d = buf[j] - mean
+            m2 += d * d
+            lmin = buf[j] if buf[j] < lmin else lmin  # selects: min() has NaN branches
+            lmax = buf[j] if buf[j] > lmax else lmax
+        if lmax == np.inf:
+            m2 = np.inf
+        wsum = acc
+        if w.size > 0:
+            wsum = 0.0
+            for r in range(i0 // k, (i1 + k - 1) // k):
+                wr = w[r]
+                rs = 0.0
+                for c in range(r * k - i0, r * k - i0 + k):
+                    rs += buf[c]
+                    if GRAD:
+                        gv[c] = 0.0 if wr == 0.0 else gv[c] * wr
+                wsum += 0.0 if wr == 0.0 else wr * rs
+        table[b, S_COUNT] = m
+        table[b, S_SUM] = acc
+        table[b, S_M2] = m2
+        table[b, S_MIN] = lmin
+        table[b, S_MAX] = lmax
+        table[b, S_WSUM] = wsum
+        table[b, S_BAD] = bad
+
+    return block
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def run_blocks(block, s, y, w, pwt, k, prm, scale, out, gout, table):
+    """Run ``block`` (a first-class function, so this one driver serves every kind and
+    caches) over all blocks of ``pwt.size`` elements, in parallel."""
+    n = s.size
+    bsize = pwt.size
+    for b in prange(table.shape[0]):
+        bi = np.int64(b)
+        block(s, y, w, pwt, k, prm, scale, out, gout, table, bi, bi * bsize, min(n, (bi + 1) * bsize))
+
+
+def make_logreg_block():
+    """Build the block function of ``logreg_grad`` (a closure only for the cache stamp).
+
+    ``block(X, y, coef, b0, w, gpart, spart, b, r0, r1)`` handles rows [r0, r1) in three
+    vectorised steps: z = X·coef + b0 per row (rows stay in L2), the loss and
+    r = w·(σ(z) - y) for all rows at once (the exp/log1p loop vectorises across rows),
+    then gpart[b] = Σ r·x. X is read from memory once.
+    spart[b] = (Σ w·l, Σ r, Σ w, invalid count).
+    """
+    STAMP = SOURCE_STAMP
+
+    @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+    def block(X, y, coef, b0, w, gpart, spart, b, r0, r1):
+        _ = STAMP
+        d = X.shape[1]
+        m = r1 - r0
+        z = np.empty(m)
+        for i in range(m):
+            xi = X[r0 + i]
+            acc = 0.0
+            for j in range(d):
+                acc += np.float64(xi[j]) * coef[j]
+            z[i] = acc + b0
+        lsum = 0.0
+        rsum = 0.0
+        wsum = 0.0
+        bad = 0
+        weighted = w.size > 0
+        yv = y[r0:r1]
+        for i in range(m):
+            yi = yv[i]
+            l, g = E.ce_logits(z[i], yi, 1.0)
+            wi = w[r0 + i] if weighted else 1.0
+            r = 0.0 if wi == 0.0 else wi * g
+            lsum += 0.0 if wi == 0.0 else wi * l
+            rsum += r
+            wsum += wi
+            z[i] = r
+            bad += np.int64((z[i] != z[i]) | ((yi != 0.0) & (yi != 1.0)))
+        gacc = gpart[b]
+        for j in range(d):
+            gacc[j] = 0.0
+        for i in range(m):
+            xi = X[r0 + i]
+            r = z[i]
+            for j in range(d):
+                gacc[j] += r * np.float64(xi[j])
+        spart[b, 0] = lsum
+        spart[b, 1] = rsum
+        spart[b, 2] = wsum
+        spart[b, 3] = bad
+
+    return block
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def run_logreg(block, X, y, coef, b0, w, gpart, spart, rows):
+    """Run the logreg ``block`` over all blocks of ``rows`` rows, in parallel."""
+    n = X.shape[0]
+    for b in prange(gpart.shape[0]):
+        bi = np.int64(b)
+        block(X, y, coef, b0, w, gpart, spart, bi, bi * rows, min(n, (bi + 1) * rows))
+
+
+def _logreg_types(dtype: np.dtype) -> tuple:
+    ft = types.float32 if dtype == np.float32 else types.float64
+    ro1 = types.Array(types.float64, 1, "C", readonly=True)
+    return (types.Array(ft, 2, "C", readonly=True), ro1, ro1, types.float64, ro1,
+            types.Array(types.float64, 2, "C"), types.Array(types.float64, 2, "C"))
+
+
+def logreg_block_signature(dtype: np.dtype):
+    return types.void(*_logreg_types(dtype), types.int64, types.int64, types.int64)
+
+
+def logreg_driver_signature(dtype: np.dtype) -> tuple:
+    return (types.FunctionType(logreg_block_signature(dtype)), *_logreg_types(dtype), types.int64)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def merge_blocks(table):
+    """Combine per-block rows: Neumaier sums, Chan's pairwise M2, min, max, bad count.
+
+    Returns (count, sum, mean, M2, min, max, wsum, bad).
+    """
+    count = 0.0
+    mean = 0.0
+    m2 = 0.0
+    s = 0.0
+    sc = 0.0
+    ws = 0.0
+    wc = 0.0
+    lmin = np.inf
+    lmax = -np.inf
+    bad = 0.0
+    for b in range(table.shape[0]):
+        nb = table[b, S_COUNT]
+        bs = table[b, S_SUM]
+        # Neumaier-compensated running sums
+        t = s + bs
+        sc += (s - t) + bs if abs(s) >= abs(bs) else (bs - t) + s
+        s = t
+        bw = table[b, S_WSUM]
+        t = ws + bw
+        wc += (ws - t) + bw if abs(ws) >= abs(bw) else (bw - t) + ws
+        ws = t
+        bmean = bs / nb
+        tot = count + nb
+        if np.isfinite(bmean) and np.isfinite(mean):
+            delta = bmean - mean
+            mean += delta * (nb / tot)
+            m2 += table[b, S_M2] + delta * delta * (count * nb / tot)
+        else:
+            mean = np.inf
+            m2 = np.inf
+        count = tot
+        lmin = min(lmin, table[b, S_MIN])
+        lmax = max(lmax, table[b, S_MAX])
+        bad += table[b, S_BAD]
+    total = s + sc if np.isfinite(s) else s
+    wtotal = ws + wc if np.isfinite(ws) else ws
+    return count, total, total / count, m2, lmin, lmax, wtotal, bad
+
+
+def _array_types(dtype: np.dtype) -> tuple:
+    ft = types.float32 if dtype == np.float32 else types.float64
+    ro = lambda t: types.Array(t, 1, "C", readonly=True)  # noqa: E731
+    rw = types.Array(types.float64, 1, "C")
+    return (ro(ft), ro(ft), ro(types.float64), ro(types.float64), types.int64,
+            ro(types.float64), types.float64, rw, rw, types.Array(types.float64, 2, "C"))
+
+
+def block_signature(dtype: np.dtype):
+    """The one signature each block function is compiled for: read-only C arrays
+    (writable arrays convert to them, so frombuffer inputs and ordinary arrays share
+    code), then the block index and range."""
+    return types.void(*_array_types(dtype), types.int64, types.int64, types.int64)
+
+
+def driver_signature(dtype: np.dtype) -> tuple:
+    return (types.FunctionType(block_signature(dtype)), *_array_types(dtype))

@@ -1,0 +1,215 @@
+"""Per-element losses and their derivatives w.r.t. the prediction.
+
+Each function returns ``(loss, dloss/dprediction)`` for one element and is pure
+arithmetic, so a kernel loop calling it vectorises. Labels arrive as ``y``, the
+probability of the positive class after label mapping and smoothing; the margin losses
+use y' = 2y - 1. Zero coefficients are selected to 0 rather than multiplied, so that
+0 * inf never produces NaN: every ±inf input gives the exact limit.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from . import _math as M
+
+# Inlined into the drivers at Numba-IR level: LLVM's inliner declines element functions
+# once exp/log1p are inside them, which would leave scalar calls in the hot loop. They
+# inherit the driver's fast-math flags, so they hold no error-free tricks (those live
+# in _math, which LLVM inlines with its own strict flags).
+_opts = dict(inline="always", nogil=True, error_model="numpy")
+
+FLOOR = -100.0  # PyTorch's floor for each log term of binary_cross_entropy
+
+# Element kinds: the compile-time switch of the drivers.
+CE_LOGITS = 0
+CE_PROB = 1
+FOCAL_LOGITS = 2
+FOCAL_PROB = 3
+SE_LOGITS = 4
+SE_PROB = 5
+HINGE = 6
+SQUARED_HINGE = 7
+MODIFIED_HUBER = 8
+EXPONENTIAL = 9
+ZERO_ONE = 10
+N_KINDS = 11
+PROB_KINDS = (CE_PROB, FOCAL_PROB, SE_PROB)
+
+
+@njit(**_opts)
+def _wsum(c1: float, a: float, c0: float, b: float) -> float:
+    """c1*a + c0*b where a zero coefficient contributes exactly 0 (even if a or b is inf)."""
+    return (0.0 if c1 == 0.0 else c1 * a) + (0.0 if c0 == 0.0 else c0 * b)
+
+
+@njit(**_opts)
+def ce_logits(s: float, y: float, pw: float) -> tuple[float, float]:
+    """Binary cross-entropy on a logit, with PyTorch's pos_weight.
+
+    l = pw·y·softplus(-s) + (1-y)·softplus(s)   (= (1-y)s - log σ(s) for pw = 1)
+    dl/ds = (1-y)·σ(s) - pw·y·σ(-s)
+    Reference: PyTorch ``binary_cross_entropy_with_logits``; the stable softplus split
+    is the one of optax ``sigmoid_binary_cross_entropy``.
+    """
+    sp_pos, sp_neg, _, t = M.softplus_parts(s)
+    sig_p, sig_n = M.sigmoid_pair(s, t)
+    c1 = pw * y
+    c0 = 1.0 - y
+    return _wsum(c1, sp_neg, c0, sp_pos), _wsum(c0, sig_p, -c1, sig_n)
+
+
+@njit(**_opts)
+def _prob_logs(p: float, lo: float, hi: float) -> tuple[float, float, float, float]:
+    """(log p, log(1-p), d/dp log p, d/dp log(1-p)) for the probabilities form.
+
+    p is clipped to [lo, hi] (eps clipping; [0, 1] when eps is None) and each log is
+    floored at -100 (PyTorch). Where a clip or a floor is active the derivative is 0:
+    these are derivatives of the value actually returned.
+    """
+    pc = min(max(p, lo), hi)
+    inside = p >= lo and p <= hi
+    lp = M.log(pc)
+    lq = M.log1p(-pc)
+    dlp = (1.0 / pc) if (lp > FLOOR and inside) else 0.0
+    dlq = (-1.0 / (1.0 - pc)) if (lq > FLOOR and inside) else 0.0
+    return max(lp, FLOOR), max(lq, FLOOR), dlp, dlq
+
+
+@njit(**_opts)
+def ce_prob(p: float, y: float, pw: float, lo: float, hi: float) -> tuple[float, float]:
+    """-[pw·y log p + (1-y) log(1-p)], log terms floored at -100 (PyTorch
+    ``binary_cross_entropy``; pos_weight as in ``binary_cross_entropy_with_logits``)."""
+    lp, lq, dlp, dlq = _prob_logs(p, lo, hi)
+    c1 = pw * y
+    c0 = 1.0 - y
+    return -_wsum(c1, lp, c0, lq), -_wsum(c1, dlp, c0, dlq)
+
+
+@njit(**_opts)
+def _focal_factor(gamma: float, q: float, la: float, lb: float) -> float:
+    """q^gamma with log q = la + lb (la exact, lb small); q^0 = 1 even for q = 0."""
+    if gamma == 0.0:
+        return 1.0
+    return 0.0 if q == 0.0 else M.pow_split(gamma, la, lb)
+
+
+@njit(**_opts)
+def focal_logits(s: float, y: float, gamma: float, alpha: float) -> tuple[float, float]:
+    """Sigmoid focal loss (Lin et al. 2017; optax ``sigmoid_focal_loss``).
+
+    l = a_t · CE(s, y) · q^γ with q = 1 - p_t = y·σ(-s) + (1-y)·σ(s),
+    a_t = α y + (1-α)(1-y) (1 when alpha < 0, i.e. None).
+    For hard labels log q = -softplus(±s) is formed from its exact parts, so q^γ keeps
+    full precision where q underflows towards 1e-300; soft labels use log q directly.
+    dl/ds = a_t · [CE'·q^γ + CE·γ·q^γ·h], h = d(log q)/ds.
+    """
+    sp_pos, sp_neg, lp, t = M.softplus_parts(s)
+    sig_p, sig_n = M.sigmoid_pair(s, t)
+    c0 = 1.0 - y
+    ce = _wsum(y, sp_neg, c0, sp_pos)
+    dce = _wsum(c0, sig_p, -y, sig_n)
+    if y == 1.0:
+        q = sig_n
+        qg = _focal_factor(gamma, q, -max(s, 0.0), -lp)
+        h = -sig_p
+    elif y == 0.0:
+        q = sig_p
+        qg = _focal_factor(gamma, q, -max(-s, 0.0), -lp)
+        h = sig_n
+    else:
+        q = y * sig_n + c0 * sig_p
+        lq_hi, lq_lo = M.log_split(q)
+        qg = _focal_factor(gamma, q, lq_hi, lq_lo)
+        h = (1.0 - 2.0 * y) * sig_p * sig_n / q
+    at = 1.0 if alpha < 0.0 else alpha * y + (1.0 - alpha) * c0
+    loss = 0.0 if (at == 0.0 or qg == 0.0) else at * ce * qg
+    tail = 0.0 if (h == 0.0 or gamma == 0.0 or ce == 0.0) else ce * gamma * qg * h
+    g = 0.0 if at == 0.0 else at * (dce * qg + tail)
+    return loss, g
+
+
+@njit(**_opts)
+def focal_prob(p: float, y: float, gamma: float, alpha: float, lo: float, hi: float) -> tuple[float, float]:
+    """Focal loss on probabilities: CE as in ``ce_prob`` times q^γ, q = y(1-p) + (1-y)p.
+
+    log q is formed as an exact hi + small lo (1 - p is exact for p >= 1/2), so q^γ
+    keeps full precision for q near 1e-300; the derivative's q^(γ-1) is its own power
+    rather than q^γ / q, whose reassociation could underflow.
+    """
+    lp, lq, dlp, dlq = _prob_logs(p, lo, hi)
+    pc = min(max(p, lo), hi)
+    inside = p >= lo and p <= hi
+    c0 = 1.0 - y
+    ce = -_wsum(y, lp, c0, lq)
+    dce = -_wsum(y, dlp, c0, dlq)
+    if y == 1.0:
+        q = 1.0 - pc
+        if pc >= 0.5:
+            a, b = M.log_split(q)
+        else:
+            a, b = M.log1p(-pc), 0.0
+    elif y == 0.0:
+        q = pc
+        a, b = M.log_split(pc)
+    else:
+        q = y * (1.0 - pc) + c0 * pc
+        a, b = M.log_split(q)
+    qg = _focal_factor(gamma, q, a, b)
+    dq = (1.0 - 2.0 * y) if inside else 0.0
+    at = 1.0 if alpha < 0.0 else alpha * y + (1.0 - alpha) * c0
+    loss = 0.0 if (at == 0.0 or qg == 0.0) else at * ce * qg
+    if dq == 0.0 or gamma == 0.0 or ce == 0.0:
+        tail = 0.0
+    else:
+        tail = ce * gamma * M.pow_split(gamma - 1.0, a, b) * dq
+    g = 0.0 if at == 0.0 else at * (dce * qg + tail)
+    return loss, g
+
+
+@njit(**_opts)
+def se_logits(s: float, y: float) -> tuple[float, float]:
+    """Squared error of the probability, (σ(s) - y)², and 2(σ(s) - y)·σ(s)·σ(-s).
+
+    For hard labels both are one power of sigmoids (σ(s)² and 2σ(s)²σ(-s) for y = 0,
+    σ(-s)² and -2σ(s)σ(-s)² for y = 1) evaluated in log space, so they keep ~2.5 ulp;
+    soft labels form σ(s) - y as (1-y)σ(s) - yσ(-s), a difference that may cancel.
+    """
+    if y == 0.0:
+        return M.sigmoid_power(s, 2.0, 0.0), 2.0 * M.sigmoid_power(s, 2.0, 1.0)
+    if y == 1.0:
+        return M.sigmoid_power(s, 0.0, 2.0), -2.0 * M.sigmoid_power(s, 1.0, 2.0)
+    sig_p, sig_n = M.sigmoid_pair(s, M.exp(-abs(s)))
+    d = _wsum(1.0 - y, sig_p, -y, sig_n)
+    return d * d, 2.0 * d * M.sigmoid_power(s, 1.0, 1.0)
+
+
+@njit(**_opts)
+def se_prob(p: float, y: float) -> tuple[float, float]:
+    """Brier score term (p - y)² and its derivative 2(p - y)."""
+    d = p - y
+    return d * d, 2.0 * d
+
+
+@njit(**_opts)
+def margin_loss(kind: int, s: float, y: float) -> tuple[float, float]:
+    """Margin losses of m = y'·s with y' = 2y - 1 in {-1, +1} (scikit-learn's SGD losses).
+
+    hinge max(0, 1-m); squared_hinge max(0, 1-m)²; modified_huber -4m for m < -1 else
+    max(0, 1-m)²; exponential e^-m; zero_one [m <= 0]. Derivatives w.r.t. s, with the
+    subgradient 0 at the hinge's kink m = 1.
+    """
+    yp = 2.0 * y - 1.0
+    m = yp * s
+    h = max(0.0, 1.0 - m)
+    if kind == HINGE:
+        return h, (-yp if m < 1.0 else 0.0)
+    if kind == SQUARED_HINGE:
+        return h * h, -2.0 * yp * h
+    if kind == MODIFIED_HUBER:
+        small = m < -1.0
+        return (-4.0 * m if small else h * h), (-4.0 * yp if small else -2.0 * yp * h)
+    if kind == EXPONENTIAL:
+        e = M.exp(-m)
+        return e, -yp * e
+    return (1.0 if m <= 0.0 else 0.0), 0.0

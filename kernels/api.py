@@ -1,0 +1,495 @@
+"""Public entry points: argument checking, dispatch to the compiled drivers, results."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from . import _elements as E
+from . import _drivers as D
+
+INPUTS = ("logits", "probabilities", "margins")
+LOSSES = ("cross_entropy", "focal", "hinge", "squared_hinge", "modified_huber",
+          "exponential", "zero_one", "squared_error")
+REDUCTIONS = ("mean", "sum", "none")
+_MARGIN_KINDS = {"hinge": E.HINGE, "squared_hinge": E.SQUARED_HINGE,
+                 "modified_huber": E.MODIFIED_HUBER, "exponential": E.EXPONENTIAL,
+                 "zero_one": E.ZERO_ONE}
+_SOFT_LOSSES = ("cross_entropy", "focal", "squared_error")
+
+# Below this many elements the serial build wins: a parallel launch costs microseconds.
+PARALLEL_MIN = 1 << 15
+# Elements per block: the block buffer (32 KiB) stays in L1/L2 for the second pass.
+BLOCK = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class LossResult:
+    """``loss`` is the reduced loss (None for reduction="none"), ``losses`` the
+    per-element losses (weighted when sample_weight is given) for reduction="none"."""
+
+    loss: float | None
+    losses: np.ndarray | None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GradResult:
+    """``grad`` is d(reduced loss)/d(predictions), the predictions' shape; with
+    reduction="none" each element's own (weighted) derivative."""
+
+    loss: float | None
+    grad: np.ndarray
+    losses: np.ndarray | None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamGrad:
+    """Mean logistic loss of a linear model and its gradient w.r.t. coef and intercept."""
+
+    loss: float
+    coef: np.ndarray
+    intercept: float
+
+
+# ---------------------------------------------------------------------------- threads
+
+_threads: int | None = None
+
+
+def set_threads(n: int | None) -> None:
+    """Threads per parallel call (None: Numba's default, one per CPU in the affinity
+    mask). Numba's setting is per calling thread, so it is applied at every call."""
+    global _threads
+    if n is not None and not (1 <= int(n) <= numba.config.NUMBA_NUM_THREADS):
+        raise ValueError(f"threads must be in [1, {numba.config.NUMBA_NUM_THREADS}], got {n}")
+    _threads = None if n is None else int(n)
+
+
+def _apply_threads() -> None:
+    if _threads is not None and numba.get_num_threads() != _threads:
+        numba.set_num_threads(_threads)
+
+
+# ---------------------------------------------------------------------------- kernels
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_compiled: dict[tuple, object] = {}
+_compile_lock = threading.Lock()
+
+
+def _compile_once(key: tuple, build, signatures):
+    """A dispatcher compiled once for ``signatures`` (from the on-disk cache when it
+    can), then frozen. Freezing matters twice: writable arrays then convert to the
+    read-only signature instead of compiling a second one, and a block function passed
+    to a driver converts to the driver's first-class function type instead of
+    compiling (and caching) a specialisation for that one dispatcher."""
+    fn = _compiled.get(key)
+    if fn is None:
+        with _compile_lock:
+            fn = _compiled.get(key)
+            if fn is None:
+                fn = build()
+                for sig in signatures:
+                    fn.compile(sig)
+                fn.disable_compile()
+                _compiled[key] = fn
+    return fn
+
+
+def _block(kind: int, grad: bool, dtype: np.dtype):
+    return _compile_once(("block", kind, grad, dtype.char),
+                         lambda: D.make_block(kind, int(grad)), [D.block_signature(dtype)])
+
+
+def _driver():
+    return _compile_once(("driver", "loss"), lambda: D.run_blocks,
+                         [D.driver_signature(dt) for dt in DTYPES])
+
+
+def _logreg_block(dtype: np.dtype):
+    return _compile_once(("block", "logreg", dtype.char),
+                         D.make_logreg_block, [D.logreg_block_signature(dtype)])
+
+
+def _logreg_driver():
+    return _compile_once(("driver", "logreg"), lambda: D.run_logreg,
+                         [D.logreg_driver_signature(dt) for dt in DTYPES])
+
+
+def warmup() -> int:
+    """Compile (or load from the on-disk cache) every block function and driver the
+    public functions can dispatch to; returns how many signatures are ready."""
+    count = 0
+    for dt in DTYPES:
+        for kind in range(E.N_KINDS):
+            for g in (False, True):
+                _block(kind, g, dt)
+                count += 1
+        _logreg_block(dt)
+        count += 1
+    _driver()
+    _logreg_driver()
+    return count + 2 * len(DTYPES)
+
+
+# ---------------------------------------------------------------------- argument checks
+
+def _fmt(v) -> str:
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return str(v)
+
+
+def _index(flat: int, shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(flat, shape)) + "]"
+
+
+def _choice(name: str, value, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} = {value!r} is not one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def _number(name: str, value, lo: float, hi: float, lo_open=False, hi_open=False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} = {value!r} is not a number") from None
+    if v != v:
+        raise ValueError(f"{name} is NaN")
+    if (v < lo or (lo_open and v == lo)) or (v > hi or (hi_open and v == hi)):
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name} = {_fmt(v)} is outside {lb}{_fmt(lo)}, {_fmt(hi)}{rb}")
+    return v
+
+
+def _as_array(name: str, a) -> np.ndarray:
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} is not an array of numbers: {exc}") from None
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _shapes(pred: np.ndarray, lab: np.ndarray) -> None:
+    if pred.ndim not in (1, 2):
+        raise ValueError(f"predictions must be 1-D (N) or 2-D (N×K), got {pred.ndim}-D shape {pred.shape}")
+    if lab.ndim != pred.ndim:
+        raise ValueError(f"predictions is {pred.ndim}-D {pred.shape}, labels {lab.ndim}-D {lab.shape}")
+    if pred.shape[0] != lab.shape[0]:
+        raise ValueError(f"predictions has {pred.shape[0]} rows, labels {lab.shape[0]}")
+    if pred.ndim == 2 and pred.shape[1] != lab.shape[1]:
+        raise ValueError(f"predictions has {pred.shape[1]} columns, labels {lab.shape[1]}")
+    if pred.size == 0:
+        raise ValueError(f"predictions is empty (shape {pred.shape}); N >= 1 is required")
+
+
+def _float_pair(pred: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays as one float dtype, C-contiguous, without copies where possible.
+    float32 stays float32 only if the labels fit it exactly (float32, int8/16, bool)."""
+    lab_f32_ok = lab.dtype == np.float32 or lab.dtype.kind == "b" or lab.dtype in (np.int8, np.uint8, np.int16, np.uint16)
+    dtype = np.float32 if (pred.dtype == np.float32 and lab_f32_ok) else np.float64
+    pred = np.ascontiguousarray(pred, dtype=dtype)
+    lab = np.ascontiguousarray(lab, dtype=dtype)
+    return pred, lab
+
+
+def _weights(sample_weight, n_rows: int) -> np.ndarray:
+    w = _as_array("sample_weight", sample_weight)
+    if w.ndim != 1 or w.shape[0] != n_rows:
+        raise ValueError(f"sample_weight must have one weight per row ({n_rows}), got shape {w.shape}")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    ok = np.isfinite(w) & (w >= 0.0)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        what = "is NaN" if w[i] != w[i] else f"= {_fmt(w[i])} is not a finite weight >= 0"
+        raise ValueError(f"sample_weight[{i}] {what}")
+    return w
+
+
+def _pos_weight_columns(pos_weight, k: int) -> np.ndarray:
+    pw = _as_array("pos_weight", pos_weight).astype(np.float64, copy=False)
+    if pw.ndim == 0:
+        pw = np.full(k, float(pw))
+    if pw.ndim != 1 or pw.shape[0] != k:
+        raise ValueError(f"pos_weight must be a scalar or one weight per column ({k}), got shape {pw.shape}")
+    ok = np.isfinite(pw) & (pw >= 0.0)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        what = "is NaN" if pw[i] != pw[i] else f"= {_fmt(pw[i])} is not a finite weight >= 0"
+        raise ValueError(f"pos_weight[{i}] {what}")
+    return pw
+
+
+def _quantile_key(q: float) -> str:
+    return "p" + format(q * 100.0, "g")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything the driver needs, resolved from the public arguments."""
+
+    kind: int
+    pred: np.ndarray
+    lab: np.ndarray
+    w: np.ndarray
+    wtotal: float  # Σ w over rows (N without weights)
+    pwt: np.ndarray
+    k: int
+    prm: np.ndarray
+    reduction: str
+    quantiles: tuple[float, ...]
+    input: str
+
+
+_EMPTY = np.empty(0, dtype=np.float64)
+_EMPTY.setflags(write=False)
+_NO_OUTPUT = np.empty(0, dtype=np.float64)  # size 0: the kernels never write it
+_PARAMS: dict[tuple, np.ndarray] = {}  # parameter vectors, shared read-only
+_ONES = np.ones(BLOCK, dtype=np.float64)
+_ONES.setflags(write=False)
+
+
+def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
+          label_smoothing, eps, gamma, alpha, quantiles) -> _Plan:
+    input = _choice("input", input, INPUTS)
+    loss = _choice("loss", loss, LOSSES)
+    reduction = _choice("reduction", reduction, REDUCTIONS)
+    if input == "probabilities" and loss not in _SOFT_LOSSES:
+        raise ValueError(f'loss = {loss!r} does not accept input = "probabilities" '
+                         f"(only cross_entropy, focal and squared_error do)")
+    ls = _number("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
+    if ls != 0.0 and (loss not in _SOFT_LOSSES or input == "margins"):
+        raise ValueError("label_smoothing applies to cross_entropy, focal and squared_error "
+                         'with input "logits" or "probabilities"')
+    g = _number("gamma", gamma, 0.0, np.inf, hi_open=True)
+    a = -1.0 if alpha is None else _number("alpha", alpha, 0.0, 1.0)
+    lo, hi = 0.0, 1.0
+    if eps is not None:
+        if input != "probabilities" or loss not in ("cross_entropy", "focal"):
+            raise ValueError('eps applies to input = "probabilities" with cross_entropy or focal only')
+        e = _number("eps", eps, 0.0, 0.5, lo_open=True, hi_open=True)
+        lo, hi = e, 1.0 - e
+    qs = tuple(_number(f"quantiles[{i}]", q, 0.0, 1.0) for i, q in enumerate(quantiles or ()))
+
+    pred = _as_array("predictions", predictions)
+    lab = _as_array("labels", labels)
+    _shapes(pred, lab)
+    pred, lab = _float_pair(pred, lab)
+    n_rows = pred.shape[0]
+    k = 1 if pred.ndim == 1 else pred.shape[1]
+
+    if loss == "cross_entropy":
+        kind = E.CE_PROB if input == "probabilities" else E.CE_LOGITS
+    elif loss == "focal":
+        kind = E.FOCAL_PROB if input == "probabilities" else E.FOCAL_LOGITS
+    elif loss == "squared_error":
+        kind = E.SE_PROB if input == "probabilities" else E.SE_LOGITS
+    else:
+        kind = _MARGIN_KINDS[loss]
+
+    w = _EMPTY if sample_weight is None else _weights(sample_weight, n_rows)
+    if reduction == "mean" and w.size and not w.sum() > 0.0:
+        raise ValueError('sample_weight sums to 0: reduction = "mean" is undefined')
+
+    rows_per_block = max(1, BLOCK // k)
+    if pos_weight is None:
+        pwt = _ONES if k * rows_per_block == BLOCK else np.ones(k * rows_per_block)
+    else:
+        if loss != "cross_entropy":
+            raise ValueError(f"pos_weight applies to cross_entropy only, not {loss!r}")
+        pwt = np.tile(_pos_weight_columns(pos_weight, k), rows_per_block)
+
+    # Labels: margins take {-1, +1}, mapped to y01 = (y + 1) / 2; margin losses on
+    # logits need hard {0, 1}; cross_entropy/focal/squared_error accept soft labels.
+    la, lb = (0.5, 0.5) if input == "margins" else (1.0, 0.0)
+    discrete = input == "margins" or loss in _MARGIN_KINDS
+    key = (la, lb, 1.0 - ls, ls / 2.0, float(discrete), g, a, lo, hi)
+    prm = _PARAMS.get(key)
+    if prm is None:
+        prm = np.array(key, dtype=np.float64)
+        prm.setflags(write=False)
+        if len(_PARAMS) < 1024:
+            _PARAMS[key] = prm
+    wtotal = float(w.sum()) if w.size else float(n_rows)
+    return _Plan(kind, pred, lab, w, wtotal, pwt, k, prm, reduction, qs, input)
+
+
+def _first_bad(plan: _Plan) -> str:
+    """The message for the first invalid element (only run once the kernel saw one)."""
+    p = plan.pred.ravel()
+    if plan.kind in E.PROB_KINDS:
+        badp = ~((p >= 0.0) & (p <= 1.0))
+    else:
+        badp = np.isnan(p)
+    if badp.any():
+        i = int(np.flatnonzero(badp)[0])
+        where = _index(i, plan.pred.shape)
+        if p[i] != p[i]:
+            return f"predictions{where} is NaN"
+        return f'predictions{where} = {_fmt(p[i])} is outside [0, 1] (input = "probabilities")'
+    y = plan.lab.ravel()
+    la, lb, discrete = plan.prm[D.P_LA], plan.prm[D.P_LB], plan.prm[D.P_DISCRETE] != 0
+    y01 = y * la + lb
+    bady = ~((y01 >= 0.0) & (y01 <= 1.0))
+    if discrete:
+        bady |= (y01 != 0.0) & (y01 != 1.0)
+    i = int(np.flatnonzero(bady)[0])
+    where = _index(i, plan.lab.shape)
+    if y[i] != y[i]:
+        return f"labels{where} is NaN"
+    if plan.input == "margins":
+        return f"labels{where} = {_fmt(y[i])} is not in {{-1, 1}}"
+    if discrete:
+        return f"labels{where} = {_fmt(y[i])} is not in {{0, 1}}"
+    return f"labels{where} = {_fmt(y[i])} is outside [0, 1]"
+
+
+def _stats(merged, losses_for_quantiles: np.ndarray | None, quantiles) -> dict[str, float]:
+    count, total, mean, m2, lmin, lmax, _, _ = merged
+    std = float(np.sqrt(m2 / count)) if np.isfinite(m2) else float("inf")
+    out = {"count": int(count), "sum": float(total), "mean": float(mean), "std": std,
+           "min": float(lmin), "max": float(lmax)}
+    if quantiles:
+        vals = np.quantile(losses_for_quantiles, quantiles)
+        for q, v in zip(quantiles, np.atleast_1d(vals)):
+            out[_quantile_key(q)] = float(v)
+    return out
+
+
+def _run(plan: _Plan, grad: bool):
+    n = plan.pred.size
+    out = np.empty(n) if (plan.reduction == "none" or plan.quantiles) else _NO_OUTPUT
+    gout = np.empty(n) if grad else _NO_OUTPUT
+    scale = 1.0 / (plan.k * plan.wtotal) if plan.reduction == "mean" else 1.0
+    block = _block(plan.kind, grad, plan.pred.dtype)
+    args = (plan.pred.reshape(-1), plan.lab.reshape(-1), plan.w, plan.pwt, plan.k,
+            plan.prm, scale, out, gout)
+    if n >= PARALLEL_MIN:
+        driver = _driver()
+        _apply_threads()
+        table = np.empty(((n + plan.pwt.size - 1) // plan.pwt.size, D.N_STATS))
+        driver(block, *args, table)
+    else:
+        table = np.empty((1, D.N_STATS))
+        block(*args, table, 0, 0, n)
+    merged = D.merge_blocks(table)
+    if merged[7] > 0:
+        raise ValueError(_first_bad(plan))
+    stats = _stats(merged, out if plan.quantiles else None, plan.quantiles)
+    if plan.reduction == "mean":
+        value = merged[6] / (plan.k * plan.wtotal)
+    elif plan.reduction == "sum":
+        value = merged[6]
+    else:
+        value = None
+    losses = None
+    if plan.reduction == "none":
+        losses = out.reshape(plan.pred.shape)
+        if plan.w.size:
+            wcol = plan.w.reshape((-1,) + (1,) * (losses.ndim - 1))
+            # 0·inf counts as 0: a zero weight removes the element
+            losses = np.multiply(losses, wcol, out=np.zeros_like(losses), where=wcol != 0.0)
+    g = gout.reshape(plan.pred.shape) if grad else None
+    return (None if value is None else float(value)), losses, stats, g
+
+
+def loss(predictions, labels, *, input: str = "logits", loss: str = "cross_entropy",
+         reduction: str = "mean", sample_weight=None, pos_weight=None,
+         label_smoothing: float = 0.0, eps: float | None = None, gamma: float = 2.0,
+         alpha: float | None = None, quantiles: Sequence[float] = ()) -> LossResult:
+    """Loss of ``predictions`` (N or N×K) against ``labels``; see the README for forms."""
+    plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
+                 label_smoothing, eps, gamma, alpha, quantiles)
+    value, losses, stats, _ = _run(plan, grad=False)
+    return LossResult(value, losses, stats)
+
+
+def grad(predictions, labels, *, input: str = "logits", loss: str = "cross_entropy",
+         reduction: str = "mean", sample_weight=None, pos_weight=None,
+         label_smoothing: float = 0.0, eps: float | None = None, gamma: float = 2.0,
+         alpha: float | None = None, quantiles: Sequence[float] = ()) -> GradResult:
+    """d(reduced loss)/d(predictions), with the loss and its statistics."""
+    plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
+                 label_smoothing, eps, gamma, alpha, quantiles)
+    value, losses, stats, g = _run(plan, grad=True)
+    return GradResult(value, g, losses, stats)
+
+
+LOGREG_ROWS = 256  # rows per block: 256 x D values stay in L2 between the two reads
+
+
+def logreg_grad(features, labels, coef, intercept: float = 0.0, *, sample_weight=None,
+                l2: float = 0.0) -> ParamGrad:
+    """Mean logistic loss of z = features·coef + intercept and its gradient (the seed's
+    formulas): dJ/dw_j = (1/n) Σ x_j (σ(z) - y), dJ/db = (1/n) Σ (σ(z) - y).
+
+    With sample_weight the sums are weighted and 1/n becomes 1/Σw (scikit-learn);
+    l2 adds (l2/2)·‖coef‖² to the loss and l2·coef to its gradient, not to the intercept.
+    """
+    X = _as_array("features", features)
+    if X.ndim != 2:
+        raise ValueError(f"features must be 2-D (N×D), got {X.ndim}-D shape {X.shape}")
+    n, d = X.shape
+    if n == 0 or d == 0:
+        raise ValueError(f"features is empty (shape {X.shape}); N >= 1 and D >= 1 are required")
+    y = _as_array("labels", labels)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D (N), got {y.ndim}-D shape {y.shape}")
+    if y.shape[0] != n:
+        raise ValueError(f"features has {n} rows, labels {y.shape[0]}")
+    c = _as_array("coef", coef)
+    if c.ndim != 1 or c.shape[0] != d:
+        raise ValueError(f"coef must have one value per feature column ({d}), got shape {c.shape}")
+    c = np.ascontiguousarray(c, dtype=np.float64)
+    if not np.isfinite(c).all():
+        i = int(np.flatnonzero(~np.isfinite(c))[0])
+        raise ValueError(f"coef[{i}] = {_fmt(c[i])} is not finite")
+    b0 = _number("intercept", intercept, -np.inf, np.inf, lo_open=True, hi_open=True)
+    lam = _number("l2", l2, 0.0, np.inf, hi_open=True)
+    X = np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    w = _EMPTY if sample_weight is None else _weights(sample_weight, n)
+    if w.size and not w.sum() > 0.0:
+        raise ValueError("sample_weight sums to 0: the mean loss is undefined")
+
+    nb = (n + LOGREG_ROWS - 1) // LOGREG_ROWS
+    gpart = np.empty((nb, d))
+    spart = np.empty((nb, 4))
+    block = _logreg_block(X.dtype)
+    if n * d >= PARALLEL_MIN and nb > 1:
+        _apply_threads()
+        _logreg_driver()(block, X, y, c, b0, w, gpart, spart, LOGREG_ROWS)
+    else:
+        for b in range(nb):
+            block(X, y, c, b0, w, gpart, spart, b, b * LOGREG_ROWS, min(n, (b + 1) * LOGREG_ROWS))
+    if spart[:, 3].sum() > 0:
+        raise ValueError(_first_bad_logreg(X, y, c, b0))
+    wsum = spart[:, 2].sum()
+    loss_value = float(np.sum(spart[:, 0]) / wsum + 0.5 * lam * float(c @ c))
+    gcoef = gpart.sum(axis=0) / wsum + lam * c
+    return ParamGrad(loss_value, gcoef, float(np.sum(spart[:, 1]) / wsum))
+
+
+def _first_bad_logreg(X: np.ndarray, y: np.ndarray, c: np.ndarray, b0: float) -> str:
+    bady = (y != 0.0) & (y != 1.0)
+    if bady.any():
+        i = int(np.flatnonzero(bady)[0])
+        return f"labels[{i}] is NaN" if y[i] != y[i] else f"labels[{i}] = {_fmt(y[i])} is not in {{0, 1}}"
+    badx = ~np.isfinite(X)
+    if badx.any():
+        i = int(np.flatnonzero(badx.ravel())[0])
+        v = X.ravel()[i]
+        what = "is NaN" if v != v else f"= {_fmt(v)} is not finite"
+        return f"features{_index(i, X.shape)} {what}"
+    return f"features · coef + intercept is NaN (intercept = {_fmt(b0)}): the products overflow"
