@@ -134,8 +134,8 @@ def focal_prob(p: float, y: float, gamma: float, alpha: float, lo: float, hi: fl
     """Focal loss on probabilities: CE as in ``ce_prob`` times q^γ, q = y(1-p) + (1-y)p.
 
     log q is formed as an exact hi + small lo (1 - p is exact for p >= 1/2), so q^γ
-    keeps full precision for q near 1e-300; the derivative's q^(γ-1) is its own power
-    rather than q^γ / q, whose reassociation could underflow.
+    keeps full precision for q near 1e-300; the derivative's CE·q^(γ-1) is
+    evaluated as (CE / q)·q^γ, which stays near q^γ even where CE and q are subnormal.
     """
     lp, lq, dlp, dlq = _prob_logs(p, lo, hi)
     pc = min(max(p, lo), hi)
@@ -162,7 +162,7 @@ def focal_prob(p: float, y: float, gamma: float, alpha: float, lo: float, hi: fl
     if dq == 0.0 or gamma == 0.0 or ce == 0.0:
         tail = 0.0
     else:
-        tail = ce * gamma * M.pow_split(gamma - 1.0, a, b) * dq
+        tail = gamma * dq * M.ratio_times(ce, q, qg)
     g = 0.0 if at == 0.0 else at * (dce * qg + tail)
     return loss, g
 

@@ -74,18 +74,24 @@ LG6 = 1.531383769920937332e-01
 LG7 = 1.479819860511658591e-01
 SQRT2 = 1.4142135623730951
 
+# Every function here is compiled eagerly, at import, with an explicit signature:
+# Numba compiles a callee that has no overload yet with its *caller's* fast-math flags
+# (and caches that), which would let a kernel's `reassoc` undo the error-free steps.
+# Compiled first, the strict overload is the one every caller links.
 _opts = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-# Compositions of the above, inlined at Numba-IR level (see _elements).
+_strict = dict(cache=True, nogil=True, error_model="numpy")  # no FMA contraction either
+# Compositions of the above, inlined at Numba-IR level (see _elements): they take the
+# caller's fast-math flags, so anything with an error-free step stays in _opts.
 _inline = dict(inline="always", nogil=True, error_model="numpy")
 
 
-@njit(**_opts)
+@njit("float64(int64)", **_opts)
 def pow2i(k: int) -> float:
     """2^k for an integer k in [-1022, 1023], built from its exponent bits."""
     return _bits_f64((k + 1023) << 52)
 
 
-@njit(**_opts)
+@njit("float64(float64, float64)", **_opts)
 def exp_dd(x: float, dx: float) -> float:
     """e^(x + dx) for a double-double argument (|dx| <= ulp(x)), any float64 x.
 
@@ -117,13 +123,13 @@ def exp_dd(x: float, dx: float) -> float:
     return (y * pow2i(k1)) * pow2i(k - k1)
 
 
-@njit(**_opts)
+@njit("float64(float64)", **_opts)
 def exp(x: float) -> float:
     """e^x for every float64 x, ±inf included (e^-inf = 0, e^inf = inf), within 1 ulp."""
     return exp_dd(x, 0.0)
 
 
-@njit(**_opts)
+@njit("UniTuple(float64, 2)(float64)", **_opts)
 def log_split(x: float) -> tuple[float, float]:
     """log x as hi + lo, hi = e·ln2_hi exact, for x >= 0 (subnormals included).
 
@@ -158,14 +164,21 @@ def log_split(x: float) -> tuple[float, float]:
     return hi, lo
 
 
-@njit(**_opts)
+@njit("float64(float64)", **_opts)
 def log(x: float) -> float:
     """Natural log for x >= 0 (log 0 = -inf, log inf = inf), within 1 ulp."""
     hi, lo = log_split(x)
     return hi + lo
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit("float64(float64, float64, float64)", **_strict)
+def ratio_times(a: float, b: float, c: float) -> float:
+    """(a / b) * c in this order: under fast-math it could become (a * c) / b, whose
+    product underflows where the result does not (a, b subnormal; c tiny)."""
+    return (a / b) * c
+
+
+@njit("float64(float64, float64, float64)", **_strict)
 def affine(y: float, a: float, b: float) -> float:
     """y*a + b rounded twice, as NumPy computes it: compiled without fast-math so that
     LLVM neither fuses it into an FMA nor reassociates (label smoothing must give the
@@ -173,7 +186,7 @@ def affine(y: float, a: float, b: float) -> float:
     return y * a + b
 
 
-@njit(**_opts)
+@njit("UniTuple(float64, 2)(float64)", **_opts)
 def log1p_split(t: float) -> tuple[float, float]:
     """log(1 + t) for t >= -1, accurate for tiny t, with one division.
 
@@ -213,7 +226,7 @@ def log1p_split(t: float) -> tuple[float, float]:
     return hi, (0.0 if special else lo)
 
 
-@njit(**_opts)
+@njit("float64(float64)", **_opts)
 def log1p(t: float) -> float:
     """log(1 + t) for t >= -1, within 1 ulp (see log1p_split)."""
     hi, lo = log1p_split(t)
@@ -247,7 +260,7 @@ def sigmoid_pair(s: float, t: float) -> tuple[float, float]:
     return (big if pos else small), (small if pos else big)
 
 
-@njit(**_inline)
+@njit("float64(float64, float64, float64)", **_opts)
 def pow_split(gamma: float, a: float, b: float) -> float:
     """e^(gamma * (a + b)) for a large exact part a and a small part b.
 
@@ -260,7 +273,7 @@ def pow_split(gamma: float, a: float, b: float) -> float:
     return exp(p) * exp(err + gamma * b)
 
 
-@njit(**_inline)
+@njit("float64(float64, float64, float64)", **_opts)
 def sigmoid_power(s: float, a: float, b: float) -> float:
     """σ(s)^a · σ(-s)^b for small integers a, b >= 0 (a + b <= 3).
 
@@ -272,13 +285,16 @@ def sigmoid_power(s: float, a: float, b: float) -> float:
     """
     c = a if s < 0.0 else b
     n = a + b
-    p = c * -abs(s)
-    e1 = 0.0 if abs(p) == np.inf else fma(c, -abs(s), -p)
+    p = 0.0 if c == 0.0 else c * -abs(s)  # c = 0 with s = ±inf: no 0·inf
+    e1 = 0.0 if (c == 0.0 or abs(p) == np.inf) else fma(c, -abs(s), -p)
     l_hi, l_lo = log1p_split(exp(-abs(s)))
-    q = -n * l_hi
+    big = l_hi + l_lo  # Fast2Sum (|l_hi| >= |l_lo| or l_hi = 0): big + e_l == l_hi + l_lo
+    e_l = (l_hi - big) + l_lo
+    q = -n * big
+    e3 = fma(-n, big, -q)
     x = p + q
     # TwoSum: x + e2 == p + q exactly
     bp = x - p
     e2 = (p - (x - bp)) + (q - bp)
     e2 = 0.0 if abs(x) == np.inf else e2
-    return exp_dd(x, e2 + e1 - n * l_lo)
+    return exp_dd(x, (e1 + e2) + (e3 - n * e_l))

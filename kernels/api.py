@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -151,6 +152,10 @@ def _index(flat: int, shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(int(i)) for i in np.unravel_index(flat, shape)) + "]"
 
 
+def _is(value, default: float) -> bool:
+    return type(value) is float and value == default
+
+
 def _choice(name: str, value, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} = {value!r} is not one of {', '.join(map(repr, allowed))}")
@@ -172,6 +177,8 @@ def _number(name: str, value, lo: float, hi: float, lo_open=False, hi_open=False
 
 
 def _as_array(name: str, a) -> np.ndarray:
+    if type(a) is np.ndarray and a.dtype.kind in "fiub":
+        return a
     try:
         arr = np.asarray(a)
     except (TypeError, ValueError) as exc:
@@ -194,9 +201,15 @@ def _shapes(pred: np.ndarray, lab: np.ndarray) -> None:
         raise ValueError(f"predictions is empty (shape {pred.shape}); N >= 1 is required")
 
 
+_F64 = np.dtype(np.float64)
+
+
 def _float_pair(pred: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both arrays as one float dtype, C-contiguous, without copies where possible.
     float32 stays float32 only if the labels fit it exactly (float32, int8/16, bool)."""
+    if (pred.dtype == _F64 and lab.dtype == _F64 and pred.flags.c_contiguous
+            and lab.flags.c_contiguous):
+        return pred, lab  # the common case, without a copy or a conversion
     lab_f32_ok = lab.dtype == np.float32 or lab.dtype.kind == "b" or lab.dtype in (np.int8, np.uint8, np.int16, np.uint16)
     dtype = np.float32 if (pred.dtype == np.float32 and lab_f32_ok) else np.float64
     pred = np.ascontiguousarray(pred, dtype=dtype)
@@ -262,17 +275,21 @@ _ONES.setflags(write=False)
 
 def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
           label_smoothing, eps, gamma, alpha, quantiles) -> _Plan:
-    input = _choice("input", input, INPUTS)
-    loss = _choice("loss", loss, LOSSES)
-    reduction = _choice("reduction", reduction, REDUCTIONS)
+    if input not in INPUTS:
+        _choice("input", input, INPUTS)
+    if loss not in LOSSES:
+        _choice("loss", loss, LOSSES)
+    if reduction not in REDUCTIONS:
+        _choice("reduction", reduction, REDUCTIONS)
     if input == "probabilities" and loss not in _SOFT_LOSSES:
         raise ValueError(f'loss = {loss!r} does not accept input = "probabilities" '
                          f"(only cross_entropy, focal and squared_error do)")
-    ls = _number("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
+    # defaults skip the general number checks (this path runs for every tiny call)
+    ls = 0.0 if _is(label_smoothing, 0.0) else _number("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
     if ls != 0.0 and (loss not in _SOFT_LOSSES or input == "margins"):
         raise ValueError("label_smoothing applies to cross_entropy, focal and squared_error "
                          'with input "logits" or "probabilities"')
-    g = _number("gamma", gamma, 0.0, np.inf, hi_open=True)
+    g = 2.0 if _is(gamma, 2.0) else _number("gamma", gamma, 0.0, np.inf, hi_open=True)
     a = -1.0 if alpha is None else _number("alpha", alpha, 0.0, 1.0)
     lo, hi = 0.0, 1.0
     if eps is not None:
@@ -355,13 +372,25 @@ def _first_bad(plan: _Plan) -> str:
     return f"labels{where} = {_fmt(y[i])} is outside [0, 1]"
 
 
+def _merge(table: np.ndarray) -> tuple:
+    """(count, sum, mean, M2, min, max, wsum, bad) of the per-block statistics."""
+    if table.shape[0] == 1:  # serial path: no merge needed, skip a compiled call
+        count, total, m2, lmin, lmax, wsum, bad = table[0].tolist()
+        return count, total, total / count, m2, lmin, lmax, wsum, bad
+    return D.merge_blocks(table)
+
+
 def _stats(merged, losses_for_quantiles: np.ndarray | None, quantiles) -> dict[str, float]:
     count, total, mean, m2, lmin, lmax, _, _ = merged
-    std = float(np.sqrt(m2 / count)) if np.isfinite(m2) else float("inf")
-    out = {"count": int(count), "sum": float(total), "mean": float(mean), "std": std,
+    std = math.sqrt(m2 / count) if m2 < math.inf else math.inf
+    out = {"count": int(count), "sum": float(total), "mean": float(mean), "std": float(std),
            "min": float(lmin), "max": float(lmax)}
     if quantiles:
-        vals = np.quantile(losses_for_quantiles, quantiles)
+        with np.errstate(invalid="ignore"):
+            vals = np.quantile(losses_for_quantiles, quantiles)
+        # losses are never NaN or -inf: a NaN here is inf - inf between two +inf
+        # neighbours, whose interpolation is +inf
+        vals = np.where(np.isnan(vals), np.inf, vals)
         for q, v in zip(quantiles, np.atleast_1d(vals)):
             out[_quantile_key(q)] = float(v)
     return out
@@ -375,15 +404,15 @@ def _run(plan: _Plan, grad: bool):
     block = _block(plan.kind, grad, plan.pred.dtype)
     args = (plan.pred.reshape(-1), plan.lab.reshape(-1), plan.w, plan.pwt, plan.k,
             plan.prm, scale, out, gout)
+    nb = (n + plan.pwt.size - 1) // plan.pwt.size
+    table = np.empty((nb, D.N_STATS))
     if n >= PARALLEL_MIN:
-        driver = _driver()
         _apply_threads()
-        table = np.empty(((n + plan.pwt.size - 1) // plan.pwt.size, D.N_STATS))
-        driver(block, *args, table)
-    else:
-        table = np.empty((1, D.N_STATS))
-        block(*args, table, 0, 0, n)
-    merged = D.merge_blocks(table)
+        _driver()(block, *args, table)
+    else:  # blocks must stay within pwt's length; a few compiled calls cost ~1 µs each
+        for b in range(nb):
+            block(*args, table, b, b * plan.pwt.size, min(n, (b + 1) * plan.pwt.size))
+    merged = _merge(table)
     if merged[7] > 0:
         raise ValueError(_first_bad(plan))
     stats = _stats(merged, out if plan.quantiles else None, plan.quantiles)

@@ -103,3 +103,24 @@ def test_pow_split_keeps_precision_for_tiny_powers(gamma):
         b = -float(mpmath.log1p(mpmath.exp(-s)))
         ref = mpmath.power(1 / (1 + mpmath.exp(mpmath.mpf(s))), gamma)
         assert ulps(f(gamma, -s, b), ref) <= 3.0, (gamma, s)
+
+
+@pytest.mark.parametrize("a,b", [(2, 0), (0, 2), (2, 1), (1, 2), (1, 1)])
+def test_sigmoid_power_within_two_ulp(a, b):
+    @njit
+    def f(s, a, b):
+        out = np.empty_like(s)
+        for i in range(s.size):
+            out[i] = M.sigmoid_power(s[i], a, b)
+        return out
+
+    s = np.concatenate([RNG.uniform(-5, 5, 600), RNG.uniform(-800, 800, 400), [0.0, 37.0, -37.0, -745.0, 745.0]])
+    got = f(s, float(a), float(b))
+    worst = 0.0
+    for x, v in zip(s, got):
+        X = mpmath.mpf(float(x))
+        ref = (1 / (1 + mpmath.exp(-X))) ** a * (1 / (1 + mpmath.exp(X))) ** b
+        worst = max(worst, ulps(v, ref))
+    assert worst <= 2.0, worst
+    inf = f(np.array([np.inf, -np.inf]), float(a), float(b))
+    assert list(inf) == [float(b == 0), float(a == 0)]
