@@ -28,6 +28,8 @@ SOURCE_STAMP = hashlib.sha256(b"".join(
     (Path(__file__).parent / f).read_bytes() for f in ("_math.py", "_elements.py", "_drivers.py")
 )).hexdigest()[:16]
 
+INF_BITS = 0x7FF0000000000000
+ABS_MASK = 0x7FFFFFFFFFFFFFFF
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}  # reassoc: vectorised reductions
 
 # Columns of the per-block statistics table.
@@ -70,7 +72,6 @@ def make_block(kind: int, grad: int):
         yv = y[i0:i1]
         gv = gout[i0:i1]
         buf = out[i0:i1] if out.size > 0 else np.empty(m)
-        acc = 0.0
         bad = 0
         for j in range(m):
             si = np.float64(sv[j])
@@ -93,22 +94,33 @@ def make_block(kind: int, grad: int):
             buf[j] = l
             if GRAD:
                 gv[j] = g * scale
-            acc += l
             if prob_input:
                 bad_s = (si < 0.0) | (si > 1.0) | (si != si)
             else:
                 bad_s = si != si
             bad_y = (y01 < 0.0) | (y01 > 1.0) | (y01 != y01) | (discrete & (y01 != 0.0) & (y01 != 1.0))
             bad += np.int64(bad_s | bad_y)
+        # Sums run over the float64 buffer, not in the element loop: the order of a
+        # vectorised reduction follows the loop's vector shape, which differs between
+        # float32 and float64 inputs; over buf it is one and the same for both.
+        acc = 0.0
+        for j in range(m):
+            acc += buf[j]
         mean = acc / m
         m2 = 0.0
-        lmin = np.inf
-        lmax = -np.inf
+        # min/max on the bit patterns: every loss is >= 0 (abs maps -0.0 to 0), where
+        # the int64 order is the float order, and integer min/max reductions vectorise
+        # (float ones do not without `nnan`, which would also drop the NaN checks).
+        bmin = INF_BITS
+        bmax = 0
         for j in range(m):
             d = buf[j] - mean
             m2 += d * d
-            lmin = buf[j] if buf[j] < lmin else lmin  # selects: min() has NaN branches
-            lmax = buf[j] if buf[j] > lmax else lmax
+            bits = M.f64_bits(buf[j]) & ABS_MASK
+            bmin = bits if bits < bmin else bmin
+            bmax = bits if bits > bmax else bmax
+        lmin = M.bits_f64(bmin)
+        lmax = M.bits_f64(bmax)
         if lmax == np.inf:
             m2 = np.inf
         wsum = acc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -84,7 +85,7 @@ _compiled: dict[tuple, object] = {}
 _compile_lock = threading.Lock()
 
 
-def _compile_once(key: tuple, build, signatures):
+def _compile_once(key: tuple, build, signatures):  # signatures: a callable, built lazily
     """A dispatcher compiled once for ``signatures`` (from the on-disk cache when it
     can), then frozen. Freezing matters twice: writable arrays then convert to the
     read-only signature instead of compiling a second one, and a block function passed
@@ -96,7 +97,7 @@ def _compile_once(key: tuple, build, signatures):
             fn = _compiled.get(key)
             if fn is None:
                 fn = build()
-                for sig in signatures:
+                for sig in signatures():
                     fn.compile(sig)
                 fn.disable_compile()
                 _compiled[key] = fn
@@ -105,22 +106,22 @@ def _compile_once(key: tuple, build, signatures):
 
 def _block(kind: int, grad: bool, dtype: np.dtype):
     return _compile_once(("block", kind, grad, dtype.char),
-                         lambda: D.make_block(kind, int(grad)), [D.block_signature(dtype)])
+                         lambda: D.make_block(kind, int(grad)), lambda: [D.block_signature(dtype)])
 
 
 def _driver():
     return _compile_once(("driver", "loss"), lambda: D.run_blocks,
-                         [D.driver_signature(dt) for dt in DTYPES])
+                         lambda: [D.driver_signature(dt) for dt in DTYPES])
 
 
 def _logreg_block(dtype: np.dtype):
     return _compile_once(("block", "logreg", dtype.char),
-                         D.make_logreg_block, [D.logreg_block_signature(dtype)])
+                         D.make_logreg_block, lambda: [D.logreg_block_signature(dtype)])
 
 
 def _logreg_driver():
     return _compile_once(("driver", "logreg"), lambda: D.run_logreg,
-                         [D.logreg_driver_signature(dt) for dt in DTYPES])
+                         lambda: [D.logreg_driver_signature(dt) for dt in DTYPES])
 
 
 def warmup() -> int:
@@ -150,10 +151,6 @@ def _fmt(v) -> str:
 
 def _index(flat: int, shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(int(i)) for i in np.unravel_index(flat, shape)) + "]"
-
-
-def _is(value, default: float) -> bool:
-    return type(value) is float and value == default
 
 
 def _choice(name: str, value, allowed: Sequence[str]) -> str:
@@ -248,7 +245,7 @@ def _quantile_key(q: float) -> str:
     return "p" + format(q * 100.0, "g")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs microseconds per call
 class _Plan:
     """Everything the driver needs, resolved from the public arguments."""
 
@@ -268,28 +265,24 @@ class _Plan:
 _EMPTY = np.empty(0, dtype=np.float64)
 _EMPTY.setflags(write=False)
 _NO_OUTPUT = np.empty(0, dtype=np.float64)  # size 0: the kernels never write it
-_PARAMS: dict[tuple, np.ndarray] = {}  # parameter vectors, shared read-only
 _ONES = np.ones(BLOCK, dtype=np.float64)
 _ONES.setflags(write=False)
 
 
-def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
-          label_smoothing, eps, gamma, alpha, quantiles) -> _Plan:
-    if input not in INPUTS:
-        _choice("input", input, INPUTS)
-    if loss not in LOSSES:
-        _choice("loss", loss, LOSSES)
-    if reduction not in REDUCTIONS:
-        _choice("reduction", reduction, REDUCTIONS)
+def _options(input, loss, reduction, label_smoothing, eps, gamma, alpha) -> tuple[int, np.ndarray]:
+    """Check the scalar options; return the element kind and the kernel's parameter
+    vector (read-only, shared by every call with the same options)."""
+    _choice("input", input, INPUTS)
+    _choice("loss", loss, LOSSES)
+    _choice("reduction", reduction, REDUCTIONS)
     if input == "probabilities" and loss not in _SOFT_LOSSES:
         raise ValueError(f'loss = {loss!r} does not accept input = "probabilities" '
                          f"(only cross_entropy, focal and squared_error do)")
-    # defaults skip the general number checks (this path runs for every tiny call)
-    ls = 0.0 if _is(label_smoothing, 0.0) else _number("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
+    ls = _number("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
     if ls != 0.0 and (loss not in _SOFT_LOSSES or input == "margins"):
         raise ValueError("label_smoothing applies to cross_entropy, focal and squared_error "
                          'with input "logits" or "probabilities"')
-    g = 2.0 if _is(gamma, 2.0) else _number("gamma", gamma, 0.0, np.inf, hi_open=True)
+    g = _number("gamma", gamma, 0.0, np.inf, hi_open=True)
     a = -1.0 if alpha is None else _number("alpha", alpha, 0.0, 1.0)
     lo, hi = 0.0, 1.0
     if eps is not None:
@@ -297,14 +290,6 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
             raise ValueError('eps applies to input = "probabilities" with cross_entropy or focal only')
         e = _number("eps", eps, 0.0, 0.5, lo_open=True, hi_open=True)
         lo, hi = e, 1.0 - e
-    qs = tuple(_number(f"quantiles[{i}]", q, 0.0, 1.0) for i, q in enumerate(quantiles or ()))
-
-    pred = _as_array("predictions", predictions)
-    lab = _as_array("labels", labels)
-    _shapes(pred, lab)
-    pred, lab = _float_pair(pred, lab)
-    n_rows = pred.shape[0]
-    k = 1 if pred.ndim == 1 else pred.shape[1]
 
     if loss == "cross_entropy":
         kind = E.CE_PROB if input == "probabilities" else E.CE_LOGITS
@@ -314,9 +299,37 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
         kind = E.SE_PROB if input == "probabilities" else E.SE_LOGITS
     else:
         kind = _MARGIN_KINDS[loss]
+    # Labels: margins take {-1, +1}, mapped to y01 = (y + 1) / 2; margin losses on
+    # logits need hard {0, 1}; cross_entropy/focal/squared_error accept soft labels.
+    la, lb = (0.5, 0.5) if input == "margins" else (1.0, 0.0)
+    discrete = input == "margins" or loss in _MARGIN_KINDS
+    prm = np.array((la, lb, 1.0 - ls, ls / 2.0, float(discrete), g, a, lo, hi), dtype=np.float64)
+    prm.setflags(write=False)
+    return kind, prm
+
+
+# Option sets repeat from call to call; resolving them is most of a tiny call's cost.
+_options_cached = functools.lru_cache(maxsize=512)(_options)
+
+
+def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
+          label_smoothing, eps, gamma, alpha, quantiles) -> _Plan:
+    try:
+        kind, prm = _options_cached(input, loss, reduction, label_smoothing, eps, gamma, alpha)
+    except TypeError:  # an unhashable option value: check it the slow way
+        kind, prm = _options(input, loss, reduction, label_smoothing, eps, gamma, alpha)
+    qs = tuple(_number(f"quantiles[{i}]", q, 0.0, 1.0) for i, q in enumerate(quantiles)) if quantiles else ()
+
+    pred = _as_array("predictions", predictions)
+    lab = _as_array("labels", labels)
+    _shapes(pred, lab)
+    pred, lab = _float_pair(pred, lab)
+    n_rows = pred.shape[0]
+    k = 1 if pred.ndim == 1 else pred.shape[1]
 
     w = _EMPTY if sample_weight is None else _weights(sample_weight, n_rows)
-    if reduction == "mean" and w.size and not w.sum() > 0.0:
+    wtotal = float(w.sum()) if w.size else float(n_rows)
+    if reduction == "mean" and w.size and not wtotal > 0.0:
         raise ValueError('sample_weight sums to 0: reduction = "mean" is undefined')
 
     rows_per_block = max(1, BLOCK // k)
@@ -326,19 +339,6 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
         if loss != "cross_entropy":
             raise ValueError(f"pos_weight applies to cross_entropy only, not {loss!r}")
         pwt = np.tile(_pos_weight_columns(pos_weight, k), rows_per_block)
-
-    # Labels: margins take {-1, +1}, mapped to y01 = (y + 1) / 2; margin losses on
-    # logits need hard {0, 1}; cross_entropy/focal/squared_error accept soft labels.
-    la, lb = (0.5, 0.5) if input == "margins" else (1.0, 0.0)
-    discrete = input == "margins" or loss in _MARGIN_KINDS
-    key = (la, lb, 1.0 - ls, ls / 2.0, float(discrete), g, a, lo, hi)
-    prm = _PARAMS.get(key)
-    if prm is None:
-        prm = np.array(key, dtype=np.float64)
-        prm.setflags(write=False)
-        if len(_PARAMS) < 1024:
-            _PARAMS[key] = prm
-    wtotal = float(w.sum()) if w.size else float(n_rows)
     return _Plan(kind, pred, lab, w, wtotal, pwt, k, prm, reduction, qs, input)
 
 
@@ -402,8 +402,9 @@ def _run(plan: _Plan, grad: bool):
     gout = np.empty(n) if grad else _NO_OUTPUT
     scale = 1.0 / (plan.k * plan.wtotal) if plan.reduction == "mean" else 1.0
     block = _block(plan.kind, grad, plan.pred.dtype)
-    args = (plan.pred.reshape(-1), plan.lab.reshape(-1), plan.w, plan.pwt, plan.k,
-            plan.prm, scale, out, gout)
+    flat = plan.pred.ndim == 1
+    args = (plan.pred if flat else plan.pred.reshape(-1), plan.lab if flat else plan.lab.reshape(-1),
+            plan.w, plan.pwt, plan.k, plan.prm, scale, out, gout)
     nb = (n + plan.pwt.size - 1) // plan.pwt.size
     table = np.empty((nb, D.N_STATS))
     if n >= PARALLEL_MIN:
@@ -505,7 +506,7 @@ def logreg_grad(features, labels, coef, intercept: float = 0.0, *, sample_weight
     if spart[:, 3].sum() > 0:
         raise ValueError(_first_bad_logreg(X, y, c, b0))
     wsum = spart[:, 2].sum()
-    loss_value = float(np.sum(spart[:, 0]) / wsum + 0.5 * lam * float(c @ c))
+    loss_value = float(np.sum(spart[:, 0]) / wsum + 0.5 * lam * float(np.sum(c * c)))
     gcoef = gpart.sum(axis=0) / wsum + lam * c
     return ParamGrad(loss_value, gcoef, float(np.sum(spart[:, 1]) / wsum))
 

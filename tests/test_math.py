@@ -124,3 +124,11 @@ def test_sigmoid_power_within_two_ulp(a, b):
     assert worst <= 2.0, worst
     inf = f(np.array([np.inf, -np.inf]), float(a), float(b))
     assert list(inf) == [float(b == 0), float(a == 0)]
+
+
+def test_log1p_unit_within_one_ulp_on_its_domain():
+    t = np.concatenate([RNG.uniform(0, 1, 2000), np.logspace(-320, 0, 1500),
+                        [0.0, 1.0, 0.41421356237309503, 0.4142135623730951, 2**-53]])
+    got = _vec(M.log1p_unit)(t)
+    worst = max(ulps(g, mpmath.log1p(mpmath.mpf(float(x)))) for x, g in zip(t, got))
+    assert worst <= 1.0, worst
