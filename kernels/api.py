@@ -29,7 +29,7 @@ PARALLEL_MIN = 1 << 15
 BLOCK = 4096
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a microsecond per call
 class LossResult:
     """``loss`` is the reduced loss (None for reduction="none"), ``losses`` the
     per-element losses (weighted when sample_weight is given) for reduction="none"."""
@@ -39,7 +39,7 @@ class LossResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GradResult:
     """``grad`` is d(reduced loss)/d(predictions), the predictions' shape; with
     reduction="none" each element's own (weighted) derivative."""
@@ -401,7 +401,9 @@ def _run(plan: _Plan, grad: bool):
     out = np.empty(n) if (plan.reduction == "none" or plan.quantiles) else _NO_OUTPUT
     gout = np.empty(n) if grad else _NO_OUTPUT
     scale = 1.0 / (plan.k * plan.wtotal) if plan.reduction == "mean" else 1.0
-    block = _block(plan.kind, grad, plan.pred.dtype)
+    block = _compiled.get(("block", plan.kind, grad, plan.pred.dtype.char))
+    if block is None:
+        block = _block(plan.kind, grad, plan.pred.dtype)
     flat = plan.pred.ndim == 1
     args = (plan.pred if flat else plan.pred.reshape(-1), plan.lab if flat else plan.lab.reshape(-1),
             plan.w, plan.pwt, plan.k, plan.prm, scale, out, gout)
@@ -410,6 +412,8 @@ def _run(plan: _Plan, grad: bool):
     if n >= PARALLEL_MIN:
         _apply_threads()
         _driver()(block, *args, table)
+    elif nb == 1:
+        block(*args, table, 0, 0, n)
     else:  # blocks must stay within pwt's length; a few compiled calls cost ~1 µs each
         for b in range(nb):
             block(*args, table, b, b * plan.pwt.size, min(n, (b + 1) * plan.pwt.size))
