@@ -320,10 +320,15 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
         kind, prm = _options(input, loss, reduction, label_smoothing, eps, gamma, alpha)
     qs = tuple(_number(f"quantiles[{i}]", q, 0.0, 1.0) for i, q in enumerate(quantiles)) if quantiles else ()
 
-    pred = _as_array("predictions", predictions)
-    lab = _as_array("labels", labels)
-    _shapes(pred, lab)
-    pred, lab = _float_pair(pred, lab)
+    pred, lab = predictions, labels
+    if not (type(pred) is np.ndarray and type(lab) is np.ndarray and pred.dtype == _F64
+            and lab.dtype == _F64 and pred.ndim == 1 and lab.shape == pred.shape
+            and pred.size and pred.flags.c_contiguous and lab.flags.c_contiguous):
+        # anything but two contiguous float64 vectors of one length: the full checks
+        pred = _as_array("predictions", pred)
+        lab = _as_array("labels", lab)
+        _shapes(pred, lab)
+        pred, lab = _float_pair(pred, lab)
     n_rows = pred.shape[0]
     k = 1 if pred.ndim == 1 else pred.shape[1]
 
@@ -372,12 +377,11 @@ def _first_bad(plan: _Plan) -> str:
     return f"labels{where} = {_fmt(y[i])} is outside [0, 1]"
 
 
-def _merge(table: np.ndarray) -> tuple:
-    """(count, sum, mean, M2, min, max, wsum, bad) of the per-block statistics."""
-    if table.shape[0] == 1:  # serial path: no merge needed, skip a compiled call
-        count, total, m2, lmin, lmax, wsum, bad = table[0].tolist()
-        return count, total, total / count, m2, lmin, lmax, wsum, bad
-    return D.merge_blocks(table)
+def _single_block(table: np.ndarray) -> tuple:
+    """merge_blocks' (count, sum, mean, M2, min, max, wsum, bad) for a one-row table,
+    without a compiled call (this is every call below 4096 elements)."""
+    count, total, m2, lmin, lmax, wsum, bad = table[0].tolist()
+    return count, total, total / count, m2, lmin, lmax, wsum, bad
 
 
 def _stats(merged, losses_for_quantiles: np.ndarray | None, quantiles) -> dict[str, float]:
@@ -417,7 +421,7 @@ def _run(plan: _Plan, grad: bool):
     else:  # blocks must stay within pwt's length; a few compiled calls cost ~1 µs each
         for b in range(nb):
             block(*args, table, b, b * plan.pwt.size, min(n, (b + 1) * plan.pwt.size))
-    merged = _merge(table)
+    merged = D.merge_blocks(table) if nb > 1 else _single_block(table)
     if merged[7] > 0:
         raise ValueError(_first_bad(plan))
     stats = _stats(merged, out if plan.quantiles else None, plan.quantiles)
