@@ -198,7 +198,8 @@ def _shapes(pred: np.ndarray, lab: np.ndarray) -> None:
         raise ValueError(f"predictions is empty (shape {pred.shape}); N >= 1 is required")
 
 
-_F64 = np.dtype(np.float64)
+_F64 = np.dtype(np.float64)  # dtype objects of the builtin types are singletons
+_F32 = np.dtype(np.float32)
 
 
 def _float_pair(pred: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -321,10 +322,11 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
     qs = tuple(_number(f"quantiles[{i}]", q, 0.0, 1.0) for i, q in enumerate(quantiles)) if quantiles else ()
 
     pred, lab = predictions, labels
-    if not (type(pred) is np.ndarray and type(lab) is np.ndarray and pred.dtype == _F64
-            and lab.dtype == _F64 and pred.ndim == 1 and lab.shape == pred.shape
-            and pred.size and pred.flags.c_contiguous and lab.flags.c_contiguous):
-        # anything but two contiguous float64 vectors of one length: the full checks
+    if not (type(pred) is np.ndarray and type(lab) is np.ndarray and pred.dtype is lab.dtype
+            and (pred.dtype is _F64 or pred.dtype is _F32) and pred.ndim == 1
+            and lab.shape == pred.shape and pred.size and pred.flags.c_contiguous
+            and lab.flags.c_contiguous):
+        # anything but two contiguous float vectors of one dtype and length: full checks
         pred = _as_array("predictions", pred)
         lab = _as_array("labels", lab)
         _shapes(pred, lab)
