@@ -131,6 +131,24 @@ def exp(x: float) -> float:
     return exp_dd(x, 0.0)
 
 
+@njit("UniTuple(float64, 2)(float64, float64, float64)", **_opts)
+def _log_reduced(f: float, dk: float, corr: float) -> tuple[float, float]:
+    """dk·ln2 + log(1 + f) + corr as (hi, lo), for 1 + f in [sqrt(2)/2, sqrt(2)).
+
+    fdlibm's e_log.c core: log(1+f) = f - (hfsq - s(hfsq + R)), s = f/(2+f), R a
+    minimax polynomial in s^2 (two chains in s^4); hi = dk·ln2_hi is exact for |dk| <
+    2^11, and corr (a small correction term) joins the low part before the last sums.
+    """
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (LG2 + w * (LG4 + w * LG6))
+    t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)))
+    R = t2 + t1
+    hfsq = 0.5 * f * f
+    return dk * LN2_HI, -((hfsq - (s * (hfsq + R) + (dk * LN2_LO + corr))) - f)
+
+
 @njit("UniTuple(float64, 2)(float64)", **_opts)
 def log_split(x: float) -> tuple[float, float]:
     """log x as hi + lo, hi = e·ln2_hi exact, for x >= 0 (subnormals included).
@@ -149,17 +167,7 @@ def log_split(x: float) -> tuple[float, float]:
     m = m * 0.5 if big else m
     e = e + 1 if big else e
     e = e - 54 if sub else e
-    f = m - 1.0
-    s = f / (2.0 + f)
-    z = s * s
-    w = z * z
-    t1 = w * (LG2 + w * (LG4 + w * LG6))
-    t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)))
-    R = t2 + t1
-    hfsq = 0.5 * f * f
-    dk = float(e)
-    hi = dk * LN2_HI
-    lo = -((hfsq - (s * (hfsq + R) + dk * LN2_LO)) - f)
+    hi, lo = _log_reduced(m - 1.0, float(e), 0.0)
     hi = -float("inf") if x == 0.0 else hi
     hi = float("inf") if x == float("inf") else hi
     lo = 0.0 if (x == 0.0 or x == float("inf")) else lo
@@ -212,17 +220,7 @@ def log1p_split(t: float) -> tuple[float, float]:
     e = e + 1 if big else e
     f = m - 1.0
     cs = c * pow2i(-min(max(e, -1022), 1022))
-    corr = cs * (1.0 - f * (1.0 - f * (1.0 - f * (1.0 - f))))
-    s = f / (2.0 + f)
-    z = s * s
-    w = z * z
-    t1 = w * (LG2 + w * (LG4 + w * LG6))
-    t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)))
-    R = t2 + t1
-    hfsq = 0.5 * f * f
-    dk = float(e)
-    hi = dk * LN2_HI
-    lo = -((hfsq - (s * (hfsq + R) + (dk * LN2_LO + corr))) - f)
+    hi, lo = _log_reduced(f, float(e), cs * (1.0 - f * (1.0 - f * (1.0 - f * (1.0 - f)))))
     special = u == 0.0 or u == float("inf")
     hi = (-float("inf") if u == 0.0 else float("inf")) if special else hi
     return hi, (0.0 if special else lo)
@@ -249,15 +247,7 @@ def log1p_unit_split(t: float) -> tuple[float, float]:
     dk = 1.0 if big else 0.0
     f = m - 1.0
     cs = c * 0.5 if big else c
-    corr = cs * (1.0 - f * (1.0 - f * (1.0 - f * (1.0 - f))))
-    s = f / (2.0 + f)
-    z = s * s
-    w = z * z
-    t1 = w * (LG2 + w * (LG4 + w * LG6))
-    t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)))
-    R = t2 + t1
-    hfsq = 0.5 * f * f
-    return dk * LN2_HI, -((hfsq - (s * (hfsq + R) + (dk * LN2_LO + corr))) - f)
+    return _log_reduced(f, dk, cs * (1.0 - f * (1.0 - f * (1.0 - f * (1.0 - f)))))
 
 
 @njit("float64(float64)", **_opts)
