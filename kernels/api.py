@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
+from numba.core import types
 
 from . import _elements as E
 from . import _drivers as D
@@ -109,6 +110,45 @@ def _block(kind: int, grad: bool, dtype: np.dtype):
                          lambda: D.make_block(kind, int(grad)), lambda: [D.block_signature(dtype)])
 
 
+class _FunctionPointer(types.WrapperAddressProtocol):
+    """A compiled function as a first-class function value for the parallel drivers.
+
+    Passing the dispatcher itself works too, but Numba then converts it to a function
+    pointer on every call (tens of microseconds of Python); this holds the address of
+    the compiled overload's C wrapper, looked up once."""
+
+    def __init__(self, dispatcher, signature) -> None:
+        cres = dispatcher.get_compile_result(signature)
+        self._address = cres.library.get_pointer_to_function(cres.fndesc.llvm_cfunc_wrapper_name)
+        self._signature = signature
+        self._dispatcher = dispatcher  # keeps the code alive
+
+    def __wrapper_address__(self) -> int:
+        return self._address
+
+    def signature(self):
+        return self._signature
+
+
+_pointers: dict[tuple, _FunctionPointer] = {}
+
+
+def _block_pointer(kind: int, grad: bool, dtype: np.dtype) -> _FunctionPointer:
+    key = (kind, grad, dtype.char)
+    ptr = _pointers.get(key)
+    if ptr is None:
+        ptr = _pointers[key] = _FunctionPointer(_block(kind, grad, dtype), D.block_signature(dtype))
+    return ptr
+
+
+def _logreg_pointer(dtype: np.dtype) -> _FunctionPointer:
+    key = ("logreg", dtype.char)
+    ptr = _pointers.get(key)
+    if ptr is None:
+        ptr = _pointers[key] = _FunctionPointer(_logreg_block(dtype), D.logreg_block_signature(dtype))
+    return ptr
+
+
 def _driver():
     return _compile_once(("driver", "loss"), lambda: D.run_blocks,
                          lambda: [D.driver_signature(dt) for dt in DTYPES])
@@ -131,9 +171,9 @@ def warmup() -> int:
     for dt in DTYPES:
         for kind in range(E.N_KINDS):
             for g in (False, True):
-                _block(kind, g, dt)
+                _block_pointer(kind, g, dt)
                 count += 1
-        _logreg_block(dt)
+        _logreg_pointer(dt)
         count += 1
     _driver()
     _logreg_driver()
@@ -417,7 +457,7 @@ def _run(plan: _Plan, grad: bool):
     table = np.empty((nb, D.N_STATS))
     if n >= PARALLEL_MIN:
         _apply_threads()
-        _driver()(block, *args, table)
+        _driver()(_block_pointer(plan.kind, grad, plan.pred.dtype), *args, table)
     elif nb == 1:
         block(*args, table, 0, 0, n)
     else:  # blocks must stay within pwt's length; a few compiled calls cost ~1 µs each
@@ -509,7 +549,7 @@ def logreg_grad(features, labels, coef, intercept: float = 0.0, *, sample_weight
     block = _logreg_block(X.dtype)
     if n * d >= PARALLEL_MIN and nb > 1:
         _apply_threads()
-        _logreg_driver()(block, X, y, c, b0, w, gpart, spart, LOGREG_ROWS)
+        _logreg_driver()(_logreg_pointer(X.dtype), X, y, c, b0, w, gpart, spart, LOGREG_ROWS)
     else:
         for b in range(nb):
             block(X, y, c, b0, w, gpart, spart, b, b * LOGREG_ROWS, min(n, (b + 1) * LOGREG_ROWS))
