@@ -131,6 +131,17 @@ def exp(x: float) -> float:
     return exp_dd(x, 0.0)
 
 
+@njit("Tuple((float64, int64))(float64)", **_opts)
+def _frexp_sqrt2(x: float) -> tuple[float, int]:
+    """(m, e) with x = m·2^e and m in [sqrt(2)/2, sqrt(2)), for normal x > 0, read
+    from the exponent bits (a halving of m when the mantissa is >= sqrt(2) is exact)."""
+    bits = f64_bits(x)
+    e = ((bits >> 52) & 0x7FF) - 1023
+    m = bits_f64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
+    big = m >= SQRT2
+    return (m * 0.5 if big else m), (e + 1 if big else e)
+
+
 @njit("UniTuple(float64, 2)(float64, float64, float64)", **_opts)
 def _log_reduced(f: float, dk: float, corr: float) -> tuple[float, float]:
     """dk·ln2 + log(1 + f) + corr as (hi, lo), for 1 + f in [sqrt(2)/2, sqrt(2)).
@@ -159,15 +170,8 @@ def log_split(x: float) -> tuple[float, float]:
     q^gamma = e^(gamma log q) needs when |log q| is large. log 0 = (-inf, 0).
     """
     sub = x < TINY
-    xs = x * TWO54 if sub else x
-    bits = f64_bits(xs)
-    e = ((bits >> 52) & 0x7FF) - 1023
-    m = bits_f64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
-    big = m >= SQRT2
-    m = m * 0.5 if big else m
-    e = e + 1 if big else e
-    e = e - 54 if sub else e
-    hi, lo = _log_reduced(m - 1.0, float(e), 0.0)
+    m, e = _frexp_sqrt2(x * TWO54 if sub else x)
+    hi, lo = _log_reduced(m - 1.0, float(e - 54 if sub else e), 0.0)
     hi = -float("inf") if x == 0.0 else hi
     hi = float("inf") if x == float("inf") else hi
     lo = 0.0 if (x == 0.0 or x == float("inf")) else lo
@@ -212,12 +216,7 @@ def log1p_split(t: float) -> tuple[float, float]:
     # Fast2Sum needs the larger operand first.
     c = (1.0 - (u - t)) if big_t else (t - (u - 1.0))
     c = 0.0 if (u == 0.0 or u == float("inf")) else c
-    bits = f64_bits(u)
-    e = ((bits >> 52) & 0x7FF) - 1023
-    m = bits_f64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
-    big = m >= SQRT2
-    m = m * 0.5 if big else m
-    e = e + 1 if big else e
+    m, e = _frexp_sqrt2(u)
     f = m - 1.0
     cs = c * pow2i(-min(max(e, -1022), 1022))
     hi, lo = _log_reduced(f, float(e), cs * (1.0 - f * (1.0 - f * (1.0 - f * (1.0 - f)))))
