@@ -75,8 +75,9 @@ def set_threads(n: int | None) -> None:
 
 
 def _apply_threads() -> None:
-    if _threads is not None and numba.get_num_threads() != _threads:
-        numba.set_num_threads(_threads)
+    want = numba.config.NUMBA_NUM_THREADS if _threads is None else _threads
+    if numba.get_num_threads() != want:
+        numba.set_num_threads(want)
 
 
 # ---------------------------------------------------------------------------- kernels

@@ -277,3 +277,26 @@ if __name__ == "__main__":
     if "--worker" in sys.argv:
         sys.exit(worker_main())
     print(__doc__)
+
+
+def test_set_threads_changes_the_count_not_the_bits():
+    import numba
+    import pytest
+
+    import kernels
+
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=100_000) * 4
+    y = rng.random(100_000)
+    try:
+        kernels.set_threads(1)
+        one = kernels.grad(s, y)
+        assert numba.get_num_threads() == 1
+        kernels.set_threads(None)
+        many = kernels.grad(s, y)
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    finally:
+        kernels.set_threads(None)
+    assert one.loss == many.loss and np.array_equal(one.grad, many.grad) and one.stats == many.stats
+    with pytest.raises(ValueError, match="threads"):
+        kernels.set_threads(0)
