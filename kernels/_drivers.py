@@ -125,15 +125,20 @@ def make_block(kind: int, grad: int):
             m2 = np.inf
         wsum = acc
         if w.size > 0:
+            # the weighted sum and the gradient scaling in separate loops: a float sum
+            # in a loop that also stores could change order with a runtime alias check
             wsum = 0.0
             for r in range(i0 // k, (i1 + k - 1) // k):
                 wr = w[r]
                 rs = 0.0
                 for c in range(r * k - i0, r * k - i0 + k):
                     rs += buf[c]
-                    if GRAD:
-                        gv[c] = 0.0 if wr == 0.0 else gv[c] * wr
                 wsum += 0.0 if wr == 0.0 else wr * rs
+            if GRAD:
+                for r in range(i0 // k, (i1 + k - 1) // k):
+                    wr = w[r]
+                    for c in range(r * k - i0, r * k - i0 + k):
+                        gv[c] = 0.0 if wr == 0.0 else gv[c] * wr
         table[b, S_COUNT] = m
         table[b, S_SUM] = acc
         table[b, S_M2] = m2
@@ -179,22 +184,34 @@ def make_logreg_block():
             for j in range(d):
                 acc += np.float64(xi[j]) * coef[j]
             z[i] = acc + b0
-        lsum = 0.0
-        rsum = 0.0
-        wsum = 0.0
+        # Element loop: stores only (and an exact integer count). Float sums run in
+        # store-free loops below: a loop that also stores gets a runtime alias check
+        # whose scalar fallback would sum in another order, and results would vary by
+        # an ulp from call to call.
+        lw = np.empty(m)
         bad = 0
         weighted = w.size > 0
         yv = y[r0:r1]
         for i in range(m):
             yi = yv[i]
-            l, g = E.ce_logits(z[i], yi, 1.0)
+            zi = z[i]
+            l, g = E.ce_logits(zi, yi, 1.0)
             wi = w[r0 + i] if weighted else 1.0
-            r = 0.0 if wi == 0.0 else wi * g
-            lsum += 0.0 if wi == 0.0 else wi * l
-            rsum += r
-            wsum += wi
-            z[i] = r
-            bad += np.int64((z[i] != z[i]) | ((yi != 0.0) & (yi != 1.0)))
+            lw[i] = 0.0 if wi == 0.0 else wi * l
+            z[i] = 0.0 if wi == 0.0 else wi * g
+            # invalid whatever the weight: NaN in z (features) or a label not in {0, 1}
+            bad += np.int64((zi != zi) | ((yi != 0.0) & (yi != 1.0)))
+        lsum = 0.0
+        for i in range(m):
+            lsum += lw[i]
+        rsum = 0.0
+        for i in range(m):
+            rsum += z[i]
+        wsum = float(m)
+        if weighted:
+            wsum = 0.0
+            for i in range(r0, r1):
+                wsum += w[i]
         gacc = gpart[b]
         for j in range(d):
             gacc[j] = 0.0

@@ -609,3 +609,14 @@ def test_logreg_grad_layouts():
             same_result(kernels.logreg_grad(X, yv, coef, 0.25, **kw), ref, f"labels {name}")
         same_result(kernels.logreg_grad(X, y, readonly(coef), 0.25, **kw), ref, "coef readonly")
         same_result(kernels.logreg_grad(X, y, coef.tolist(), 0.25, **kw), ref, "coef list")
+
+
+def test_logreg_nan_feature_is_refused_even_with_zero_weight():
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(300, 3))
+    y = (rng.random(300) < 0.5).astype(float)
+    w = np.ones(300)
+    X[123, 2] = np.nan
+    w[123] = 0.0
+    with pytest.raises(ValueError, match=r"features\[123, 2\] is NaN"):
+        kernels.logreg_grad(X, y, np.zeros(3), sample_weight=w)
