@@ -309,6 +309,10 @@ _EMPTY.setflags(write=False)
 _NO_OUTPUT = np.empty(0, dtype=np.float64)  # size 0: the kernels never write it
 _ONES = np.ones(BLOCK, dtype=np.float64)
 _ONES.setflags(write=False)
+# Serial calls without pos_weight run as one block of up to PARALLEL_MIN elements: one
+# compiled call instead of several (the buffer, 256 KiB at most, stays in L2).
+_ONES_SERIAL = np.ones(PARALLEL_MIN, dtype=np.float64)
+_ONES_SERIAL.setflags(write=False)
 
 
 def _options(input, loss, reduction, label_smoothing, eps, gamma, alpha) -> tuple[int, np.ndarray]:
@@ -382,7 +386,10 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
 
     rows_per_block = max(1, BLOCK // k)
     if pos_weight is None:
-        pwt = _ONES if k * rows_per_block == BLOCK else np.ones(k * rows_per_block)
+        if k == 1 and n_rows < PARALLEL_MIN:
+            pwt = _ONES_SERIAL
+        else:
+            pwt = _ONES if k * rows_per_block == BLOCK else np.ones(k * rows_per_block)
     else:
         if loss != "cross_entropy":
             raise ValueError(f"pos_weight applies to cross_entropy only, not {loss!r}")
