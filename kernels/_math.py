@@ -143,13 +143,16 @@ def _frexp_sqrt2(x: float) -> tuple[float, int]:
 
 
 @njit("UniTuple(float64, 2)(float64, float64, float64)", **_opts)
-def _log_reduced(f: float, dk: float, corr: float) -> tuple[float, float]:
-    """dk·ln2 + log(1 + f) + corr as (hi, lo), for 1 + f in [sqrt(2)/2, sqrt(2)).
+def _log_reduced(f: float, dk: float, c: float) -> tuple[float, float]:
+    """dk·ln2 + log(1 + f + c) as (hi, lo), for 1 + f in [sqrt(2)/2, sqrt(2)) and a tiny
+    c (the rounding error of the argument, for log1p).
 
     fdlibm's e_log.c core: log(1+f) = f - (hfsq - s(hfsq + R)), s = f/(2+f), R a
     minimax polynomial in s^2 (two chains in s^4); hi = dk·ln2_hi is exact for |dk| <
-    2^11, and corr (a small correction term) joins the low part before the last sums.
+    2^11. log(1 + f + c) - log(1 + f) = c/(1 + f) + O(c^2), with 1/(1 + f) replaced by
+    its series to f^4 (error f^5 |c|, far below an ulp) so that the only division is s.
     """
+    corr = c * (1.0 - f * (1.0 - f * (1.0 - f * (1.0 - f))))
     s = f / (2.0 + f)
     z = s * s
     w = z * z
@@ -218,8 +221,7 @@ def log1p_split(t: float) -> tuple[float, float]:
     c = 0.0 if (u == 0.0 or u == float("inf")) else c
     m, e = _frexp_sqrt2(u)
     f = m - 1.0
-    cs = c * pow2i(-min(max(e, -1022), 1022))
-    hi, lo = _log_reduced(f, float(e), cs * (1.0 - f * (1.0 - f * (1.0 - f * (1.0 - f)))))
+    hi, lo = _log_reduced(f, float(e), c * pow2i(-min(max(e, -1022), 1022)))
     special = u == 0.0 or u == float("inf")
     hi = (-float("inf") if u == 0.0 else float("inf")) if special else hi
     return hi, (0.0 if special else lo)
@@ -245,8 +247,7 @@ def log1p_unit_split(t: float) -> tuple[float, float]:
     m = u * 0.5 if big else u
     dk = 1.0 if big else 0.0
     f = m - 1.0
-    cs = c * 0.5 if big else c
-    return _log_reduced(f, dk, cs * (1.0 - f * (1.0 - f * (1.0 - f * (1.0 - f)))))
+    return _log_reduced(f, dk, c * 0.5 if big else c)
 
 
 @njit("float64(float64)", **_opts)
