@@ -2,29 +2,44 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP_RUN := $(VENV)/.installed-run-$(HASH)
+STAMP_DEV := $(VENV)/.installed-dev-$(HASH)
 
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install run test bench clean
+.PHONY: install install-dev run test bench bench-kernels bench-service clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+# `make run` needs only the service's own dependencies (a plain `pip install .`).
+$(STAMP_RUN): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $(STAMP_RUN)
+
+$(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,bench]'
-	touch $(STAMP)
+	touch $(STAMP_DEV) $(STAMP_RUN)
 
-install: $(STAMP)
+install: $(STAMP_RUN)
+install-dev: $(STAMP_DEV)
 
-# Until the HTTP service exists, `make run` runs the kernel benchmark.
-run: install
-	$(BIN)/python bench/kernels.py
+# Serves on 127.0.0.1:8000 (LOSSD_* variables or flags after `lossd serve` change it).
+run: $(STAMP_RUN)
+	$(BIN)/lossd serve
 
-test: install
+test: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: bench-kernels bench-service
+
+bench-kernels: $(STAMP_DEV)
 	$(BIN)/python bench/kernels.py
+
+bench-service: $(STAMP_DEV)
+	$(BIN)/python bench/service.py
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache

@@ -19,6 +19,7 @@ INPUTS = ("logits", "probabilities", "margins")
 LOSSES = ("cross_entropy", "focal", "hinge", "squared_hinge", "modified_huber",
           "exponential", "zero_one", "squared_error")
 REDUCTIONS = ("mean", "sum", "none")
+DTYPES_OUT = ("float64", "float32")
 _MARGIN_KINDS = {"hinge": E.HINGE, "squared_hinge": E.SQUARED_HINGE,
                  "modified_huber": E.MODIFIED_HUBER, "exponential": E.EXPONENTIAL,
                  "zero_one": E.ZERO_ONE}
@@ -500,23 +501,37 @@ def _run(plan: _Plan, grad: bool):
 def loss(predictions, labels, *, input: str = "logits", loss: str = "cross_entropy",
          reduction: str = "mean", sample_weight=None, pos_weight=None,
          label_smoothing: float = 0.0, eps: float | None = None, gamma: float = 2.0,
-         alpha: float | None = None, quantiles: Sequence[float] = ()) -> LossResult:
-    """Loss of ``predictions`` (N or N×K) against ``labels``; see the README for forms."""
+         alpha: float | None = None, quantiles: Sequence[float] = (),
+         dtype: str = "float64") -> LossResult:
+    """Loss of ``predictions`` (N or N×K) against ``labels``; see the README for forms.
+    ``dtype="float32"`` returns the per-element array as float32 (computed in float64)."""
     plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
                  label_smoothing, eps, gamma, alpha, quantiles)
     value, losses, stats, _ = _run(plan, grad=False)
+    if dtype != "float64":
+        losses = _out_dtype(losses, dtype)
     return LossResult(value, losses, stats)
 
 
 def grad(predictions, labels, *, input: str = "logits", loss: str = "cross_entropy",
          reduction: str = "mean", sample_weight=None, pos_weight=None,
          label_smoothing: float = 0.0, eps: float | None = None, gamma: float = 2.0,
-         alpha: float | None = None, quantiles: Sequence[float] = ()) -> GradResult:
+         alpha: float | None = None, quantiles: Sequence[float] = (),
+         dtype: str = "float64") -> GradResult:
     """d(reduced loss)/d(predictions), with the loss and its statistics."""
     plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
                  label_smoothing, eps, gamma, alpha, quantiles)
     value, losses, stats, g = _run(plan, grad=True)
+    if dtype != "float64":
+        losses, g = _out_dtype(losses, dtype), _out_dtype(g, dtype)
     return GradResult(value, g, losses, stats)
+
+
+def _out_dtype(a: np.ndarray | None, dtype: str) -> np.ndarray | None:
+    """The result arrays in the asked dtype (checked after the compute: a bad value is
+    reported once, and the common float64 call pays nothing)."""
+    _choice("dtype", dtype, DTYPES_OUT)
+    return a if a is None or dtype == "float64" else a.astype(np.float32)
 
 
 LOGREG_ROWS = 256  # rows per block: 256 x D values stay in L2 between the two reads

@@ -1,0 +1,7 @@
+"""``python -m service`` is ``lossd``: with no arguments it serves with the defaults."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import numba
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.staticfiles import StaticFiles
+
+import kernels
+
+from . import __version__
+from .errors import ApiError
+from .metrics import Metrics
+from .middleware import FrontDoor
+from .routes_json import OPENAPI_MODELS, json_router
+from .runner import KernelRunner, Readiness
+from .schemas import GradRequest, LossRequest, ParamsGradRequest
+from .settings import Settings
+
+log = logging.getLogger("lossd")
+
+# Health, readiness and the API docs stay reachable without the bearer token.
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/v2/health/")
+
+_DESCRIPTION = """Numerically exact binary cross-entropy (and relatives), gradients and
+statistics. Non-finite numbers travel as the strings "Infinity" and "-Infinity"."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. ``settings`` default to the ``LOSSD_*`` environment."""
+    settings = settings if settings is not None else Settings.from_env()
+    metrics = Metrics()
+    runner = KernelRunner(settings.max_concurrency, settings.max_queue)
+    readiness = Readiness()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threads = min(settings.threads, numba.config.NUMBA_NUM_THREADS)
+        if threads < settings.threads:
+            log.warning("LOSSD_THREADS=%d is more than the %d CPUs available; using %d",
+                        settings.threads, numba.config.NUMBA_NUM_THREADS, threads)
+        kernels.set_threads(threads)
+        readiness.start(settings.warmup)
+        yield
+        runner.shutdown()
+
+    app = FastAPI(title="lossd", version=__version__, description=_DESCRIPTION,
+                  docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.readiness = readiness
+
+    app.include_router(json_router(runner, metrics, settings.inline_bytes))
+    _add_operations(app, metrics, readiness)
+    _add_docs(app)
+    _add_error_handlers(app)
+    app.openapi = lambda: _openapi(app)
+    app.add_middleware(FrontDoor, max_body_bytes=settings.max_body_bytes,
+                       api_token=settings.api_token, open_paths=OPEN_PATHS, metrics=metrics,
+                       access_log=settings.access_log, routes=lambda: app.router.routes)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and worker processes."""
+    return create_app(Settings.from_env())
+
+
+def _add_operations(app: FastAPI, metrics: Metrics, readiness: Readiness) -> None:
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="200 once every kernel signature is compiled",
+             responses={503: {"description": "Still compiling (or compilation failed)."}})
+    async def readyz() -> Response:
+        if readiness.ready.is_set():
+            return JSONResponse({"status": "ready", "signatures": readiness.signatures})
+        if readiness.error:
+            return JSONResponse({"status": "failed", "detail": readiness.error}, status_code=503)
+        return JSONResponse({"status": "warming up"}, status_code=503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             response_class=Response)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI and ReDoc from assets installed with the package: /docs works offline."""
+    assets = resources.files("fastapi_offline") / "static"
+    app.mount("/docs/assets", StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="lossd — API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon.png",
+                                   oauth2_redirect_url="/docs/oauth2-redirect")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="lossd — API",
+                              redoc_js_url="/docs/assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs/assets/favicon.png", with_google_fonts=False)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # logged with its traceback server-side; the client gets no internals
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (LossRequest, GradRequest, ParamsGradRequest, *OPENAPI_MODELS):
+            s = model.model_json_schema(ref_template="#/components/schemas/{model}",
+                                        mode="validation" if model.__name__.endswith("Request") else "serialization")
+            components.update(s.pop("$defs", {}))
+            components[model.__name__] = s
+        if app.state.settings.api_token:  # lets the docs' Authorize button send the token
+            schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,76 @@
+"""``lossd serve``: run the service with uvicorn (uvloop + httptools)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import sys
+import tempfile
+
+from .settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lossd", description="lossd loss service")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve the HTTP API (the default command)",
+                           description="Flags override the LOSSD_* environment variables.")
+    serve.add_argument("--host", help="address to bind (LOSSD_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (LOSSD_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (LOSSD_WORKERS, default 1)")
+    serve.add_argument("--threads", type=int,
+                       help="kernel threads per worker (LOSSD_THREADS, default cores / workers)")
+    serve.add_argument("--max-body-bytes", type=int, help="LOSSD_MAX_BODY_BYTES, default 64 MiB")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
+                       help="LOSSD_LOG_LEVEL, default info")
+    return parser
+
+
+def _log_config(level: str) -> dict:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["lossd"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    config["loggers"]["lossd.access"] = {"handlers": ["access_plain"], "level": "INFO", "propagate": False}
+    config["handlers"]["access_plain"] = {"formatter": "default", "class": "logging.StreamHandler",
+                                          "stream": "ext://sys.stdout"}
+    return config
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from .metrics import MULTIPROC_ENV
+
+    # Workers are new processes: they read the same settings from the environment.
+    os.environ.update(settings.to_env())
+    owned_dir = None
+    if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        owned_dir = tempfile.mkdtemp(prefix="lossd-metrics-")
+        os.environ[MULTIPROC_ENV] = owned_dir
+    try:
+        uvicorn.run("service.app:create_app_from_env", factory=True, host=settings.host,
+                    port=settings.port, workers=settings.workers, loop="uvloop", http="httptools",
+                    log_level=settings.log_level, access_log=False,
+                    log_config=_log_config(settings.log_level))
+    finally:
+        if owned_dir:
+            shutil.rmtree(owned_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = Settings.from_env(**overrides)
+    except ValueError as exc:
+        print(f"lossd: {exc}", file=sys.stderr)
+        return 2
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""JSON codec: request bodies to NumPy arrays and results to bytes.
+
+Kept apart from the compute and from routing (as MLServer keeps its codecs). Large arrays
+are never walked in Python on the good path: ``orjson`` parses the body once, NumPy
+converts each list in C, and ``orjson`` writes arrays straight from their buffers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .errors import RequestError
+
+# JSON has no non-finite numbers. Requests may spell them as these strings (pydantic's
+# ser_json_inf_nan="strings") or as the bare tokens Python's json module writes.
+_NONFINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "+Infinity": math.inf, "NaN": math.nan}
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Parse a request body into a dict; 422 for anything but a JSON object."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # orjson refuses the bare Infinity/-Infinity/NaN tokens that json.dumps writes;
+        # only such bodies pay for the stdlib parser.
+        if b"Infinity" not in body and b"NaN" not in body:
+            raise RequestError.invalid_json(str(exc)) from None
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc2:
+            raise RequestError.invalid_json(str(exc2)) from None
+    if not isinstance(data, dict):
+        raise RequestError.at((), f"the body must be a JSON object, got {type(data).__name__}",
+                              kind="model_type")
+    return data
+
+
+def to_array(name: str, value: Any, dtype: np.dtype | type = np.float64) -> np.ndarray:
+    """A JSON list (of numbers, or of equal-length lists of numbers) as a float array.
+
+    The fast path is one C conversion; the slow path, taken only when the list holds
+    something else, maps the non-finite strings and names the first bad element.
+    """
+    if not isinstance(value, list):
+        raise RequestError.at((name,), f"{name} must be an array of numbers, got {_kind(value)}",
+                              kind="list_type")
+    try:
+        arr = np.array(value)
+    except (ValueError, TypeError):
+        arr = None  # ragged rows: found and named below
+    if arr is not None and arr.dtype.kind in "fiub":
+        return arr if arr.dtype == dtype else arr.astype(dtype)
+    return _slow_array(name, value, dtype)
+
+
+def _slow_array(name: str, value: list, dtype) -> np.ndarray:
+    if value and isinstance(value[0], list):
+        width = len(value[0])
+        rows = []
+        for i, row in enumerate(value):
+            if not isinstance(row, list):
+                raise RequestError.at((name, i), f"{name}[{i}] is {_kind(row)}; every row must be an array",
+                                      kind="list_type")
+            if len(row) != width:
+                raise RequestError.at((name, i), f"{name}[{i}] has {len(row)} elements, "
+                                      f"{name}[0] has {width}: rows must have equal length", kind="value_error")
+            rows.append([_number(name, (i, j), v) for j, v in enumerate(row)])
+        return np.array(rows, dtype=dtype).reshape(len(value), width)
+    return np.array([_number(name, (i,), v) for i, v in enumerate(value)], dtype=dtype)
+
+
+def _number(name: str, where: tuple[int, ...], v: Any) -> float:
+    if isinstance(v, float):
+        return v
+    if isinstance(v, int):  # bool is an int: true/false are 1/0, as in NumPy
+        try:
+            return float(v)
+        except OverflowError:
+            pass  # an integer beyond float range: reported below
+    if isinstance(v, str) and v in _NONFINITE:
+        return _NONFINITE[v]
+    at = "".join(f"[{i}]" for i in where)
+    raise RequestError.at((name, *where), f"{name}{at} = {_short(v)} is not a number", kind="float_type")
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v) if not isinstance(v, (dict, list)) else _kind(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --------------------------------------------------------------------------- encoding
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    """Serialise a response. orjson writes non-finite floats as null; the contract wants
+    the strings "Infinity"/"-Infinity"/"NaN", so non-finite values are rewritten first
+    (a vectorised check; only arrays that hold one are converted in Python)."""
+    return orjson.dumps(_finite_safe(payload), option=_OPTS)
+
+
+def _finite_safe(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else _nonfinite_text(v)
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            return _array_with_text(v)
+        return v
+    if isinstance(v, dict):
+        return {k: _finite_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite_safe(x) for x in v]
+    return v
+
+
+def _nonfinite_text(v: float) -> str:
+    return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+
+
+def _array_with_text(a: np.ndarray) -> list:
+    if a.ndim > 1:
+        return [_array_with_text(row) for row in a]
+    return [x if math.isfinite(x) else _nonfinite_text(x) for x in a.tolist()]

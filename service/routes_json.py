@@ -1,0 +1,90 @@
+"""POST /loss and POST /grad: JSON in, JSON out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from . import codec_json
+from .compute import compute_grad, compute_loss
+from .errors import ApiError
+from .metrics import Metrics
+from .runner import KernelRunner
+from .schemas import (ErrorBody, GradResponse, LossResponse, ParamsGradResponse,
+                      ValidationErrorBody)
+
+Compute = Callable[[dict[str, Any]], tuple[dict[str, Any], int]]
+
+_ERRORS = {
+    401: {"model": ErrorBody, "description": "Bearer token missing or wrong (when LOSSD_API_TOKEN is set)."},
+    413: {"model": ErrorBody, "description": "The body is over LOSSD_MAX_BODY_BYTES."},
+    415: {"model": ErrorBody, "description": "Content-Type is not application/json."},
+    422: {"model": ValidationErrorBody, "description": "Invalid content: `loc` names the field and "
+          "index, `msg` what is wrong."},
+    503: {"model": ErrorBody, "description": "Too many requests queued; retry after the Retry-After delay."},
+}
+
+
+def _body_ref(*names: str) -> dict[str, Any]:
+    refs = [{"$ref": f"#/components/schemas/{n}"} for n in names]
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": refs[0] if len(refs) == 1 else {"oneOf": refs}}}}}
+
+
+def _run_json(fn: Compute, body: bytes) -> tuple[bytes, int]:
+    payload, n = fn(codec_json.decode_body(body))
+    return codec_json.encode(payload), n
+
+
+async def read_json_body(request: Request) -> bytes:
+    ctype = request.headers.get("content-type")
+    if ctype is None:
+        raise ApiError(415, "Content-Type is missing; send 'Content-Type: application/json'")
+    if ctype.split(";", 1)[0].strip().lower() != "application/json":
+        raise ApiError(415, f"Content-Type {ctype!r} is not supported; send application/json")
+    return await request.body()  # the front door has already bounded its size
+
+
+def json_router(runner: KernelRunner, metrics: Metrics, inline_bytes: int) -> APIRouter:
+    router = APIRouter(tags=["losses"])
+
+    async def answer(request: Request, fn: Compute, route: str) -> Response:
+        body = await read_json_body(request)
+        # small bodies: parsing and computing take microseconds, less than a thread hop
+        if len(body) <= inline_bytes:
+            content, n = _run_json(fn, body)
+        else:
+            content, n = await runner.run(_run_json, fn, body)
+        metrics.elements.labels(route).inc(n)
+        return Response(content, media_type="application/json")
+
+    @router.post("/loss", summary="Loss, per-element losses and their statistics",
+                 response_model=None, openapi_extra=_body_ref("LossRequest"),
+                 responses={200: {"model": LossResponse, "description": "The loss and statistics."},
+                            **_ERRORS})
+    async def loss(request: Request) -> Response:
+        """Cross-entropy (and relatives) of `predictions` against `labels`.
+        Non-finite values travel as the strings "Infinity", "-Infinity"."""
+        return await answer(request, compute_loss, "/loss")
+
+    @router.post("/grad", summary="Gradient w.r.t. the predictions or a logistic model's params",
+                 response_model=None, openapi_extra=_body_ref("GradRequest", "ParamsGradRequest"),
+                 responses={200: {"description": "`wrt: predictions` → GradResponse; "
+                                  "`wrt: params` → ParamsGradResponse.",
+                                  "content": {"application/json": {"schema": {"oneOf": [
+                                      {"$ref": "#/components/schemas/GradResponse"},
+                                      {"$ref": "#/components/schemas/ParamsGradResponse"}]}}}},
+                            **_ERRORS})
+    async def grad(request: Request) -> Response:
+        """`wrt: predictions` (default): d(reduced loss)/d(predictions), the predictions' shape.
+        `wrt: params`: the mean logistic loss of z = features·coef + intercept and its
+        gradient, dJ/dw_j = (1/n) Σ x_j (σ(z) - y), dJ/db = (1/n) Σ (σ(z) - y)."""
+        return await answer(request, compute_grad, "/grad")
+
+    return router
+
+
+# models referenced by $ref above, added to components by the app's openapi()
+OPENAPI_MODELS = (LossResponse, GradResponse, ParamsGradResponse)

@@ -1,0 +1,65 @@
+"""Kernel calls off the event loop, with bounded concurrency and a bounded queue.
+
+A kernel call holds a thread for its whole duration (the parallel region releases the
+GIL, the JSON parse does not), so it runs in a small dedicated pool; the event loop
+stays free to accept and answer other requests. When the pool and its queue are full,
+new requests get 503 with ``Retry-After`` instead of piling up without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import kernels
+
+from .errors import ApiError
+
+T = TypeVar("T")
+
+
+class KernelRunner:
+    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+        self.capacity = max_concurrency + max_queue
+        self._pending = 0  # touched only on the event loop thread
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="lossd-kernel")
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        if self._pending >= self.capacity:
+            raise ApiError(503, f"busy: {self._pending} requests are running or queued; retry shortly",
+                           {"retry-after": "1"})
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._pending -= 1
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Readiness:
+    """Compiles (or loads from the cache) every kernel signature in a background thread;
+    ``/readyz`` answers 200 only once that is done."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.signatures = 0
+        self.error: str | None = None
+
+    def start(self, warmup: bool) -> None:
+        if not warmup:
+            self.ready.set()
+            return
+        threading.Thread(target=self._warm, name="lossd-warmup", daemon=True).start()
+
+    def _warm(self) -> None:
+        try:
+            self.signatures = kernels.warmup()
+        except Exception as exc:  # reported by /readyz; the process stays up for /healthz
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        self.ready.set()

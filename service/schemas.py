@@ -1,0 +1,167 @@
+"""Pydantic models of the JSON API.
+
+The option models validate every scalar option of a request (types, bounds, unknown
+fields). The array fields are listed in the request models for ``/openapi.json`` and
+``/docs`` but are converted by the codec, never by pydantic: a 10^5-element list through
+pydantic costs more than the whole compute.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Input = Literal["logits", "probabilities", "margins"]
+LossName = Literal["cross_entropy", "focal", "hinge", "squared_hinge", "modified_huber",
+                   "exponential", "zero_one", "squared_error"]
+Reduction = Literal["mean", "sum", "none"]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Vector = list[float]
+Matrix = list[list[float]]
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class LossOptions(BaseModel):
+    """Scalar options of /loss and of /grad with ``wrt: predictions``."""
+
+    model_config = _STRICT
+
+    input: Input = Field("logits", description="What `predictions` hold: logits s, probabilities "
+                         "p = σ(s) in [0, 1], or margins s with labels in {-1, +1}.")
+    loss: LossName = Field("cross_entropy", description="Loss of the margin m = y'·s (y' = 2y - 1 "
+                           "for {0, 1} labels). Only cross_entropy, focal and squared_error accept "
+                           "probabilities.")
+    reduction: Reduction = Field("mean", description="mean = Σ w·l / Σ w over all N·K elements; "
+                                 "sum = Σ w·l; none = the per-element (weighted) losses.")
+    pos_weight: float | list[float] | None = Field(
+        None, description="Weight of the positive term (PyTorch semantics): a scalar, or one per "
+        "column for N×K input. cross_entropy only.", examples=[2.0])
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="y ← y(1 - ls) + ls/2 "
+                                   "(Keras). {0, 1}-label forms only.")
+    eps: float | None = Field(None, gt=0.0, lt=0.5, description="probabilities only. null: each "
+                              "log term is floored at -100 (PyTorch); a number: p is clipped to "
+                              "[eps, 1 - eps] (scikit-learn).")
+    gamma: float = Field(2.0, ge=0.0, description="Focusing parameter of the focal loss.")
+    alpha: float | None = Field(None, ge=0.0, le=1.0, description="Class balance of the focal "
+                                "loss: α for positives, 1 - α for negatives.")
+    quantiles: list[Unit] = Field(default_factory=list, max_length=1000, description="Quantiles "
+                                  "of the per-element losses to add to `stats` as p50-style keys.",
+                                  examples=[[0.5, 0.99]])
+    dtype: Literal["float64", "float32"] = Field("float64", description="Precision of the input "
+                                                 "arrays and of the returned arrays (computed in float64).")
+
+
+class LossRequest(LossOptions):
+    """Body of POST /loss."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"predictions": [2.0, -1.0, 37.0, "-Infinity"], "labels": [1, 0, 1, 0]},
+        {"predictions": [[0.9, 0.2], [0.1, 0.7]], "labels": [[1, 0], [0, 1]],
+         "input": "probabilities", "reduction": "none"},
+    ]})
+
+    predictions: Vector | Matrix = Field(..., description="N or N×K numbers; ±inf as "
+                                         "\"Infinity\"/\"-Infinity\" (or the bare tokens).")
+    labels: Vector | Matrix = Field(..., description="Same shape as predictions: {0, 1} (soft "
+                                    "labels in [0, 1] for cross_entropy/focal/squared_error), "
+                                    "{-1, +1} for margins.")
+    sample_weight: Vector | None = Field(None, description="One non-negative weight per row.")
+
+
+class GradOptions(LossOptions):
+    wrt: Literal["predictions"] = Field("predictions", description="Gradient w.r.t. the predictions.")
+
+
+class GradRequest(LossRequest):
+    """Body of POST /grad for d(loss)/d(predictions)."""
+
+    wrt: Literal["predictions"] = Field("predictions", description="Gradient w.r.t. the predictions.")
+
+
+class ParamsOptions(BaseModel):
+    """Scalar options of /grad with ``wrt: params`` (a logistic model)."""
+
+    model_config = _STRICT
+
+    wrt: Literal["params"]
+    intercept: float = Field(0.0, description="Bias b of z = X·coef + b.")
+    l2: float = Field(0.0, ge=0.0, description="Adds (l2/2)·‖coef‖² to the loss and l2·coef to "
+                      "its gradient; the intercept is not penalised.")
+
+
+class ParamsGradRequest(ParamsOptions):
+    """Body of POST /grad for the gradient of the mean logistic loss w.r.t. coef and intercept."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"wrt": "params", "features": [[0.5, 1.0], [-1.5, 2.0], [0.0, -1.0]],
+         "labels": [1, 0, 1], "coef": [0.1, -0.2], "intercept": 0.0}]})
+
+    features: Matrix = Field(..., description="N×D feature matrix X.")
+    labels: Vector = Field(..., description="N labels in {0, 1}.")
+    coef: Vector = Field(..., description="D weights w.")
+    sample_weight: Vector | None = Field(None, description="One non-negative weight per row "
+                                         "(the mean becomes Σw-weighted).")
+
+
+# ----------------------------------------------------------------------------- responses
+
+Float = float | Literal["Infinity", "-Infinity", "NaN"]
+
+
+class Stats(BaseModel):
+    """Statistics of the per-element losses as computed, before sample weights."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "description": "count, sum, mean, std (population), min, max of the per-element "
+                       "losses, plus one `pNN` key per requested quantile."})
+
+    count: int
+    sum: Float
+    mean: Float
+    std: Float
+    min: Float
+    max: Float
+
+
+class LossResponse(BaseModel):
+    loss: Float | None = Field(description="The reduced loss; null for reduction none.")
+    losses: Vector | Matrix | None = Field(description="Per-element losses for reduction none.")
+    stats: Stats
+    input: Input
+    loss_type: LossName
+    reduction: Reduction
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "loss": 0.3133, "losses": None, "stats": {"count": 4, "sum": 1.25, "mean": 0.31,
+                                                  "std": 0.2, "min": 0.01, "max": 0.7},
+        "input": "logits", "loss_type": "cross_entropy", "reduction": "mean"}]})
+
+
+class GradResponse(LossResponse):
+    grad: Vector | Matrix = Field(description="d(reduced loss)/d(predictions), the predictions' shape.")
+
+
+class ParamsGrad(BaseModel):
+    coef: Vector
+    intercept: float
+
+
+class ParamsGradResponse(BaseModel):
+    loss: float = Field(description="Mean logistic loss (+ the l2 term).")
+    grad: ParamsGrad
+
+
+class ErrorItem(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[ErrorItem]
+
+
+class ErrorBody(BaseModel):
+    detail: str

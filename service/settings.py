@@ -1,0 +1,92 @@
+"""One typed settings object, read from ``LOSSD_*`` environment variables."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "LOSSD_"
+
+
+def available_cores() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup v2 CPU quota
+    (a container limited to 2 CPUs on a 64-core host must not start 64 threads)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+class Settings(BaseModel):
+    """Service configuration. Every field ``name`` is read from ``LOSSD_NAME``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    workers: int = Field(1, ge=1, le=256, description="Worker processes.")
+    threads: int | None = Field(
+        None, ge=1, le=1024,
+        description="Kernel threads per worker; default: available cores / workers.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    api_token: str | None = Field(
+        None, min_length=1,
+        description="When set, every endpoint but health and docs needs 'Authorization: Bearer <token>'.")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=1024,
+        description="Kernel calls running at once per worker; default: the kernel threads, at least 2.")
+    max_queue: int = Field(
+        256, ge=0, description="Requests waiting for a kernel slot before new ones get 503.")
+    inline_bytes: int = Field(
+        64 * 1024, ge=0,
+        description="Bodies up to this size are handled on the event loop (a thread hop costs more).")
+    warmup: bool = Field(True, description="Compile every kernel signature at start; /readyz waits for it.")
+    access_log: bool = True
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> "Settings":
+        if self.threads is None:
+            object.__setattr__(self, "threads", max(1, available_cores() // self.workers))
+        if self.max_concurrency is None:
+            object.__setattr__(self, "max_concurrency", max(2, self.threads))
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Settings from ``LOSSD_*`` variables; ``overrides`` (e.g. CLI flags) win.
+        Raises ``ValueError`` naming the variable on a bad value."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg']}"
+                for e in exc.errors(include_url=False))
+            raise ValueError(f"bad lossd settings: {problems}") from None
+
+    def to_env(self) -> dict[str, str]:
+        """The ``LOSSD_*`` variables that reproduce these settings in a worker process."""
+        out = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                out[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
