@@ -584,7 +584,9 @@ def logreg_grad(features, labels, coef, intercept: float = 0.0, *, sample_weight
     if spart[:, 3].sum() > 0:
         raise ValueError(_first_bad_logreg(X, y, c, b0))
     wsum = spart[:, 2].sum()
-    loss_value = float(np.sum(spart[:, 0]) / wsum + 0.5 * lam * float(np.sum(c * c)))
+    # without l2 the penalty is absent, not 0·‖c‖² (which is NaN once ‖c‖² overflows)
+    penalty = 0.5 * lam * float(np.sum(c * c)) if lam else 0.0
+    loss_value = float(np.sum(spart[:, 0]) / wsum + penalty)
     gcoef = gpart.sum(axis=0) / wsum + lam * c
     return ParamGrad(loss_value, gcoef, float(np.sum(spart[:, 1]) / wsum))
 

@@ -20,7 +20,7 @@ from . import __version__
 from .errors import ApiError
 from .metrics import Metrics
 from .middleware import FrontDoor
-from .routes_json import OPENAPI_MODELS, json_router
+from .routes_json import OPENAPI_MODELS, add_json_routes
 from .runner import KernelRunner, Readiness
 from .schemas import GradRequest, LossRequest, ParamsGradRequest
 from .settings import Settings
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.readiness = readiness
 
-    app.include_router(json_router(runner, metrics, settings.inline_bytes))
+    add_json_routes(app, runner, metrics, settings.inline_bytes)
     _add_operations(app, metrics, readiness)
     _add_docs(app)
     _add_error_handlers(app)

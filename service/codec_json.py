@@ -31,13 +31,22 @@ def decode_body(body: bytes) -> dict[str, Any]:
         if b"Infinity" not in body and b"NaN" not in body:
             raise RequestError.invalid_json(str(exc)) from None
         try:
-            data = json.loads(body)
+            data = json.loads(body, parse_float=finite_float)
         except (ValueError, RecursionError) as exc2:
             raise RequestError.invalid_json(str(exc2)) from None
     if not isinstance(data, dict):
         raise RequestError.at((), f"the body must be a JSON object, got {type(data).__name__}",
                               kind="model_type")
     return data
+
+
+def finite_float(text: str) -> float:
+    """A JSON number literal; like orjson, refuse one beyond float range (1e400) instead
+    of reading it as infinity (only the Infinity spellings mean infinity)."""
+    v = float(text)
+    if math.isinf(v):
+        raise ValueError(f"number {text} is beyond the float64 range")
+    return v
 
 
 def to_array(name: str, value: Any, dtype: np.dtype | type = np.float64) -> np.ndarray:
@@ -53,9 +62,24 @@ def to_array(name: str, value: Any, dtype: np.dtype | type = np.float64) -> np.n
         arr = np.array(value)
     except (ValueError, TypeError):
         arr = None  # ragged rows: found and named below
-    if arr is not None and arr.dtype.kind in "fiub":
-        return arr if arr.dtype == dtype else arr.astype(dtype)
-    return _slow_array(name, value, dtype)
+    if arr is None or arr.dtype.kind not in "fiub":
+        arr = _slow_array(name, value, np.float64)
+    if arr.dtype == dtype:
+        return arr
+    out = arr.astype(dtype)
+    if out.dtype == np.float32 and not np.isfinite(out).all():
+        _refuse_float32_overflow(name, arr, out)
+    return out
+
+
+def _refuse_float32_overflow(name: str, wide: np.ndarray, narrow: np.ndarray) -> None:
+    # a finite number that float32 cannot hold would silently become infinite
+    over = np.isinf(narrow) & np.isfinite(wide)
+    if over.any():
+        where = np.unravel_index(int(np.flatnonzero(over)[0]), wide.shape)
+        at = "".join(f"[{int(i)}]" for i in where)
+        raise RequestError.at((name, *map(int, where)), f"{name}{at} = {float(wide[where])!r} is beyond the "
+                              'float32 range (dtype = "float32")', kind="value_error")
 
 
 def _slow_array(name: str, value: list, dtype) -> np.ndarray:

@@ -59,7 +59,8 @@ class RequestError(ApiError):
             else:
                 msg = f"{field}: {msg[0].lower()}{msg[1:]}"
                 if "input" in e and not isinstance(e["input"], (dict, list)):
-                    msg += f" (got {e['input']!r})"
+                    got = repr(e["input"])
+                    msg += f" (got {got if len(got) <= 40 else got[:37] + '...'})"
             errors.append({"type": e["type"], "loc": ["body", *loc], "msg": msg})
         return cls(errors)
 
@@ -81,7 +82,7 @@ class RequestError(ApiError):
         return cls([{"type": "value_error", "loc": ["body", *loc], "msg": msg}])
 
 
-_LEADING_FIELD = re.compile(r"^([a-z_]+)(?:\[(\d+(?:,\s*\d+)*)\])?")
+_LEADING_FIELD = re.compile(r"^([a-z_][a-z0-9_]*)(?:\[(\d+(?:,\s*\d+)*)\])?")
 
 
 def _dotted(loc: list) -> str:

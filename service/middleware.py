@@ -40,7 +40,7 @@ class FrontDoor:
                  routes: Callable[[], list]) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.token = None if api_token is None else f"Bearer {api_token}".encode()
+        self.token = None if api_token is None else api_token.encode()
         self.open_paths = tuple(open_paths)
         self.metrics = metrics
         self.access_log = access_log
@@ -87,7 +87,9 @@ class FrontDoor:
     def _refuse(self, scope: Scope) -> ApiError | None:
         if self.token is not None and not scope["path"].startswith(self.open_paths):
             got = _header(scope, b"authorization") or b""
-            if not hmac.compare_digest(got, self.token):
+            scheme, _, credentials = got.partition(b" ")
+            ok = scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+            if not ok:
                 why = "missing" if not got else "wrong"
                 return ApiError(401, f"bearer token {why}: send 'Authorization: Bearer <token>'",
                                 {"www-authenticate": "Bearer"})
@@ -132,6 +134,7 @@ class FrontDoor:
         if route is not None:
             return route.path
         for r in self.routes():  # refused before routing (401, 413): match it here
-            if r.matches(scope)[0] is Match.FULL:
-                return r.path
+            path = getattr(r, "path", None)
+            if path is not None and r.matches(scope)[0] is not Match.NONE:
+                return path
         return "unmatched"

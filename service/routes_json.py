@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import FastAPI, Request, Response
 
 from . import codec_json
 from .compute import compute_grad, compute_loss
@@ -47,8 +47,9 @@ async def read_json_body(request: Request) -> bytes:
     return await request.body()  # the front door has already bounded its size
 
 
-def json_router(runner: KernelRunner, metrics: Metrics, inline_bytes: int) -> APIRouter:
-    router = APIRouter(tags=["losses"])
+def add_json_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, inline_bytes: int) -> None:
+    # registered on the app itself (not an included router) so that the front door can
+    # match a refused request to its route for the metrics label
 
     async def answer(request: Request, fn: Compute, route: str) -> Response:
         body = await read_json_body(request)
@@ -60,7 +61,7 @@ def json_router(runner: KernelRunner, metrics: Metrics, inline_bytes: int) -> AP
         metrics.elements.labels(route).inc(n)
         return Response(content, media_type="application/json")
 
-    @router.post("/loss", summary="Loss, per-element losses and their statistics",
+    @app.post("/loss", tags=["losses"], summary="Loss, per-element losses and their statistics",
                  response_model=None, openapi_extra=_body_ref("LossRequest"),
                  responses={200: {"model": LossResponse, "description": "The loss and statistics."},
                             **_ERRORS})
@@ -69,7 +70,7 @@ def json_router(runner: KernelRunner, metrics: Metrics, inline_bytes: int) -> AP
         Non-finite values travel as the strings "Infinity", "-Infinity"."""
         return await answer(request, compute_loss, "/loss")
 
-    @router.post("/grad", summary="Gradient w.r.t. the predictions or a logistic model's params",
+    @app.post("/grad", tags=["losses"], summary="Gradient w.r.t. the predictions or a logistic model's params",
                  response_model=None, openapi_extra=_body_ref("GradRequest", "ParamsGradRequest"),
                  responses={200: {"description": "`wrt: predictions` → GradResponse; "
                                   "`wrt: params` → ParamsGradResponse.",
@@ -82,8 +83,6 @@ def json_router(runner: KernelRunner, metrics: Metrics, inline_bytes: int) -> AP
         `wrt: params`: the mean logistic loss of z = features·coef + intercept and its
         gradient, dJ/dw_j = (1/n) Σ x_j (σ(z) - y), dJ/db = (1/n) Σ (σ(z) - y)."""
         return await answer(request, compute_grad, "/grad")
-
-    return router
 
 
 # models referenced by $ref above, added to components by the app's openapi()

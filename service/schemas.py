@@ -17,8 +17,12 @@ LossName = Literal["cross_entropy", "focal", "hinge", "squared_hinge", "modified
                    "exponential", "zero_one", "squared_error"]
 Reduction = Literal["mean", "sum", "none"]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
-Vector = list[float]
-Matrix = list[list[float]]
+# JSON has no infinities: requests and responses spell them as strings
+Number = float | Literal["Infinity", "-Infinity"]
+Vector = list[Number]
+Matrix = list[list[Number]]
+FiniteVector = list[float]
+FiniteMatrix = list[list[float]]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -67,7 +71,7 @@ class LossRequest(LossOptions):
     labels: Vector | Matrix = Field(..., description="Same shape as predictions: {0, 1} (soft "
                                     "labels in [0, 1] for cross_entropy/focal/squared_error), "
                                     "{-1, +1} for margins.")
-    sample_weight: Vector | None = Field(None, description="One non-negative weight per row.")
+    sample_weight: FiniteVector | None = Field(None, description="One non-negative weight per row.")
 
 
 class GradOptions(LossOptions):
@@ -98,10 +102,10 @@ class ParamsGradRequest(ParamsOptions):
         {"wrt": "params", "features": [[0.5, 1.0], [-1.5, 2.0], [0.0, -1.0]],
          "labels": [1, 0, 1], "coef": [0.1, -0.2], "intercept": 0.0}]})
 
-    features: Matrix = Field(..., description="N×D feature matrix X.")
-    labels: Vector = Field(..., description="N labels in {0, 1}.")
-    coef: Vector = Field(..., description="D weights w.")
-    sample_weight: Vector | None = Field(None, description="One non-negative weight per row "
+    features: FiniteMatrix = Field(..., description="N×D feature matrix X.")
+    labels: FiniteVector = Field(..., description="N labels in {0, 1}.")
+    coef: FiniteVector = Field(..., description="D weights w.")
+    sample_weight: FiniteVector | None = Field(None, description="One non-negative weight per row "
                                          "(the mean becomes Σw-weighted).")
 
 
@@ -144,7 +148,7 @@ class GradResponse(LossResponse):
 
 
 class ParamsGrad(BaseModel):
-    coef: Vector
+    coef: FiniteVector
     intercept: float
 
 

@@ -620,3 +620,28 @@ def test_logreg_nan_feature_is_refused_even_with_zero_weight():
     w[123] = 0.0
     with pytest.raises(ValueError, match=r"features\[123, 2\] is NaN"):
         kernels.logreg_grad(X, y, np.zeros(3), sample_weight=w)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_dtype_float32_rounds_only_the_arrays(reduction):
+    rng = np.random.default_rng(7)
+    s = rng.normal(scale=5.0, size=(300, 3))
+    y = (rng.random((300, 3)) < 0.4).astype(np.float64)
+    wide = kernels.grad(s, y, reduction=reduction)
+    narrow = kernels.grad(s, y, reduction=reduction, dtype="float32")
+    assert narrow.grad.dtype == np.float32
+    np.testing.assert_array_equal(narrow.grad, wide.grad.astype(np.float32))
+    assert narrow.loss == wide.loss and narrow.stats == wide.stats  # scalars stay float64
+    lw = kernels.loss(s, y, reduction=reduction)
+    ln = kernels.loss(s, y, reduction=reduction, dtype="float32")
+    if reduction == "none":
+        assert ln.losses.dtype == np.float32
+        np.testing.assert_array_equal(ln.losses, lw.losses.astype(np.float32))
+    else:
+        assert ln.losses is None and ln.loss == lw.loss
+
+
+@pytest.mark.parametrize("fn", [kernels.loss, kernels.grad])
+def test_dtype_unknown(fn):
+    with pytest.raises(ValueError, match=r"^dtype = 'float16' is not one of 'float64', 'float32'$"):
+        fn(np.zeros(3), np.zeros(3), dtype="float16")

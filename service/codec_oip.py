@@ -1,0 +1,241 @@
+"""Open Inference Protocol v2 codec, with the binary tensor data extension.
+
+A request is a JSON header, optionally followed by raw tensor bytes: the header's length
+is in ``Inference-Header-Content-Length`` and each binary input carries
+``parameters.binary_data_size``; the blobs follow in input order, row-major and
+little-endian. Binary inputs become read-only ``np.frombuffer`` views of the body (no
+copies). Responses mirror this: outputs asked for as binary are appended after the JSON.
+Errors raise ``OipError`` (status 400, ``{"error": "..."}``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .codec_json import finite_float
+
+HEADER_LENGTH = "inference-header-content-length"
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+    "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+}
+_NAMES = {np.dtype(v).newbyteorder("="): k for k, v in DATATYPES.items()}
+FLOAT_TYPES = ("FP32", "FP64")
+LABEL_TYPES = ("FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")
+
+
+class OipError(Exception):
+    """A malformed inference request: 400 with ``{"error": message}``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(slots=True)
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    parameters: dict[str, Any]
+    outputs: list[tuple[str, bool | None]] | None  # (name, binary_data) as asked; None: all
+    binary_output: bool  # the request-level binary_data_output
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    id: str | None
+    outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if b"Infinity" in raw or b"NaN" in raw:  # json.dumps writes these bare tokens
+            try:
+                return json.loads(raw, parse_float=finite_float)
+            except (ValueError, RecursionError):
+                pass
+        raise OipError(f"the request header is not valid JSON: {exc}") from None
+
+
+def _param_bool(params: dict, key: str, where: str) -> bool | None:
+    v = params.get(key)
+    if v is None or isinstance(v, bool):
+        return v
+    raise OipError(f"{where} parameter {key} must be true or false, got {v!r}")
+
+
+def decode_request(body: bytes, header_length: str | None, allowed: dict[str, tuple[str, ...]]) -> InferRequest:
+    """Parse an infer request. ``allowed`` maps each input name to its datatypes."""
+    if header_length is None:
+        header_raw, blob = body, b""
+    else:
+        try:
+            hlen = int(header_length)
+        except ValueError:
+            raise OipError(f"Inference-Header-Content-Length = {header_length!r} is not a number") from None
+        if not 0 < hlen <= len(body):
+            raise OipError(f"Inference-Header-Content-Length = {hlen} is beyond the body's {len(body)} bytes")
+        header_raw, blob = body[:hlen], memoryview(body)[hlen:]
+    header = _loads(header_raw)
+    if not isinstance(header, dict):
+        raise OipError("the request must be a JSON object")
+    unknown = set(header) - {"id", "inputs", "outputs", "parameters"}
+    if unknown:
+        raise OipError(f"unknown request field {sorted(unknown)[0]!r} (expected id, inputs, outputs, parameters)")
+    rid = header.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise OipError("id must be a string")
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise OipError("parameters must be an object")
+
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise OipError("inputs must be a non-empty list of tensors")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, t in enumerate(raw_inputs):
+        name, arr, used = _decode_input(i, t, blob, offset, allowed)
+        if name in inputs:
+            raise OipError(f"input {name!r} appears twice")
+        inputs[name] = arr
+        offset += used
+    if offset != len(blob):
+        raise OipError(f"{len(blob) - offset} bytes of binary data follow the last binary input "
+                       f"(binary_data_size of the inputs add up to {offset}, the body has {len(blob)})")
+
+    outputs = header.get("outputs")
+    asked = None
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise OipError("outputs must be a list")
+        asked = []
+        for j, o in enumerate(outputs):
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise OipError(f"outputs[{j}] must be an object with a name")
+            oparams = o.get("parameters") or {}
+            if not isinstance(oparams, dict):
+                raise OipError(f"outputs[{j}].parameters must be an object")
+            asked.append((o["name"], _param_bool(oparams, "binary_data", f"output {o['name']!r}")))
+    binary_output = bool(_param_bool(params, "binary_data_output", "request"))
+    return InferRequest(rid, inputs, params, asked, binary_output)
+
+
+def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[str, ...]]):
+    if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+        raise OipError(f"inputs[{i}] must be an object with a name")
+    name = t["name"]
+    if name not in allowed:
+        raise OipError(f"unknown input tensor {name!r}; this model takes {', '.join(allowed)}")
+    dtname = t.get("datatype")
+    if dtname not in DATATYPES:
+        raise OipError(f"input {name!r}: unknown datatype {dtname!r}")
+    if dtname not in allowed[name]:
+        raise OipError(f"input {name!r}: datatype {dtname} is not accepted (use {', '.join(allowed[name])})")
+    shape = t.get("shape")
+    if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                               for d in shape)):
+        raise OipError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    count = math.prod(shape)
+    dtype = DATATYPES[dtname]
+    tparams = t.get("parameters") or {}
+    if not isinstance(tparams, dict):
+        raise OipError(f"input {name!r}: parameters must be an object")
+    size = tparams.get("binary_data_size")
+    if size is not None:
+        if "data" in t:
+            raise OipError(f"input {name!r} has both data and binary_data_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise OipError(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}")
+        expect = count * dtype.itemsize
+        if size != expect:
+            raise OipError(f"input {name!r}: binary_data_size = {size} does not match shape {shape} × "
+                           f"{dtname} ({dtype.itemsize} bytes) = {expect}")
+        if offset + size > len(blob):
+            raise OipError(f"input {name!r}: binary_data_size = {size} at offset {offset} runs past the "
+                           f"{len(blob)} bytes of binary data")
+        arr = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(shape)
+        return name, arr, size
+    if "data" not in t:
+        raise OipError(f"input {name!r} has neither data nor binary_data_size")
+    return name, _json_tensor(name, t["data"], shape, dtname, dtype, count), 0
+
+
+_NONFINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "+Infinity": math.inf, "NaN": math.nan}
+
+
+def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.dtype, count: int) -> np.ndarray:
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        arr = np.array(data)
+    except (ValueError, TypeError):
+        raise OipError(f"input {name!r}: data must be a flat (row-major) or nested list of numbers") from None
+    if arr.dtype.kind not in "fiub":
+        if dtname in FLOAT_TYPES and arr.dtype.kind in "OU":  # non-finite numbers written as strings
+            flat = arr.ravel().tolist()
+            bad = next((j for j, v in enumerate(flat) if not (isinstance(v, (int, float)) or v in _NONFINITE)), None)
+            if bad is not None:
+                raise OipError(f"input {name!r}: data[{bad}] = {flat[bad]!r} is not a number")
+            arr = np.array([_NONFINITE.get(v, v) if isinstance(v, str) else v for v in flat], dtype=dtype)
+        else:
+            raise OipError(f"input {name!r}: data must hold numbers ({dtname})")
+    if arr.size != count:
+        raise OipError(f"input {name!r}: data has {arr.size} elements, shape {shape} needs {count}")
+    if dtname == "BOOL" and arr.dtype.kind != "b":
+        raise OipError(f"input {name!r}: BOOL data must be true/false")
+    if dtname not in FLOAT_TYPES and arr.dtype.kind == "f":
+        raise OipError(f"input {name!r}: {dtname} data must be integers")
+    return arr.astype(dtype, copy=False).reshape(shape)
+
+
+def datatype_of(arr: np.ndarray) -> str:
+    return _NAMES[arr.dtype.newbyteorder("=")]
+
+
+def encode_response(resp: InferResponse, binary: dict[str, bool], parameters: dict[str, Any] | None = None
+                    ) -> tuple[bytes, dict[str, str]]:
+    """Body and headers: JSON outputs inline; binary ones appended after the JSON header."""
+    outs = []
+    blobs: list[bytes] = []
+    for name, arr in resp.outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape)}
+        if binary.get(name):
+            data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            blobs.append(data)
+        else:
+            entry["data"] = _json_data(arr)
+        outs.append(entry)
+    head: dict[str, Any] = {"model_name": resp.model_name, "model_version": "1"}
+    if resp.id is not None:
+        head["id"] = resp.id
+    if parameters:
+        head["parameters"] = parameters
+    head["outputs"] = outs
+    header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(blobs), {"content-type": "application/octet-stream",
+                                      HEADER_LENGTH: str(len(header))}
+
+
+def _json_data(arr: np.ndarray):
+    flat = arr.reshape(-1)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return [x if math.isfinite(x) else ("NaN" if x != x else ("Infinity" if x > 0 else "-Infinity"))
+                for x in flat.tolist()]
+    return flat  # orjson writes it from the buffer
