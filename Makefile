@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
+HASH := $(shell cat pyproject.toml client/pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 STAMP_RUN := $(VENV)/.installed-run-$(HASH)
 STAMP_DEV := $(VENV)/.installed-dev-$(HASH)
 
@@ -19,8 +19,8 @@ $(STAMP_RUN): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $(STAMP_RUN)
 
-$(STAMP_DEV): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,bench]'
+$(STAMP_DEV): pyproject.toml client/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,bench]' -e ./client
 	touch $(STAMP_DEV) $(STAMP_RUN)
 
 install: $(STAMP_RUN)

@@ -20,7 +20,9 @@ from . import __version__
 from .errors import ApiError
 from .metrics import Metrics
 from .middleware import FrontDoor
+from .codec_oip import OipError
 from .routes_json import OPENAPI_MODELS, add_json_routes
+from .routes_oip import add_oip_routes
 from .runner import KernelRunner, Readiness
 from .schemas import GradRequest, LossRequest, ParamsGradRequest
 from .settings import Settings
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = readiness
 
     add_json_routes(app, runner, metrics, settings.inline_bytes)
+    add_oip_routes(app, runner, metrics, readiness, settings.inline_bytes)
     _add_operations(app, metrics, readiness)
     _add_docs(app)
     _add_error_handlers(app)
@@ -121,13 +124,20 @@ def _add_docs(app: FastAPI) -> None:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        body = exc.body(oip=request.url.path.startswith("/v2"))
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(OipError)
+    async def oip_error(request: Request, exc: OipError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # logged with its traceback server-side; the client gets no internals
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+        message = "internal error; the server log has the details"
+        body = {"error": message} if request.url.path.startswith("/v2") else {"detail": message}
+        return JSONResponse(body, status_code=500)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

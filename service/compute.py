@@ -34,12 +34,17 @@ def _split(data: dict[str, Any], array_fields: tuple[str, ...], model: type[Base
 def _required(arrays: dict[str, Any], name: str, dtype) -> np.ndarray:
     if name not in arrays or arrays[name] is None:
         raise RequestError.at((name,), f"{name} is required", kind="missing")
-    return to_array(name, arrays[name], dtype)
+    return _array(name, arrays[name], dtype)
 
 
 def _optional(arrays: dict[str, Any], name: str) -> np.ndarray | None:
     v = arrays.get(name)
-    return None if v is None else to_array(name, v, np.float64)
+    return None if v is None else _array(name, v, np.float64)
+
+
+def _array(name: str, v: Any, dtype) -> np.ndarray:
+    # binary tensors arrive decoded, in their own dtype: the kernels take them as they are
+    return v if isinstance(v, np.ndarray) else to_array(name, v, dtype)
 
 
 def _call(fn, *args, **kwargs):

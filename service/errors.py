@@ -23,7 +23,11 @@ class ApiError(Exception):
         self.detail = detail
         self.headers = headers
 
-    def body(self) -> dict[str, Any]:
+    def body(self, oip: bool = False) -> dict[str, Any]:
+        """FastAPI's ``{"detail": ...}``, or OIP's ``{"error": "..."}`` under /v2."""
+        if oip:
+            return {"error": self.detail if isinstance(self.detail, str) else
+                    "; ".join(e["msg"] for e in self.detail)}
         return {"detail": self.detail}
 
 

@@ -66,12 +66,12 @@ class FrontDoor:
         try:
             error = self._refuse(scope)
             if error is not None:
-                await self._send_error(error, send_with_id)
+                await self._send_error(error, send_with_id, scope)
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
         except ApiError as exc:  # raised by the body limit outside a route
             if not state["started"]:
-                await self._send_error(exc, send_with_id)
+                await self._send_error(exc, send_with_id, scope)
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
@@ -120,8 +120,8 @@ class FrontDoor:
 
         return receive_limited
 
-    async def _send_error(self, exc: ApiError, send: Send) -> None:
-        body = orjson.dumps(exc.body())
+    async def _send_error(self, exc: ApiError, send: Send, scope: Scope) -> None:
+        body = orjson.dumps(exc.body(oip=scope["path"].startswith("/v2")))
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.encode(), v.encode()) for k, v in (exc.headers or {}).items()]
         if exc.status == 413:
