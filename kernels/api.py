@@ -266,6 +266,8 @@ def _weights(sample_weight, n_rows: int) -> np.ndarray:
     if w.ndim != 1 or w.shape[0] != n_rows:
         raise ValueError(f"sample_weight must have one weight per row ({n_rows}), got shape {w.shape}")
     w = np.ascontiguousarray(w, dtype=np.float64)
+    if not w.flags.aligned:  # NumPy sums unaligned data in buffered chunks: other last bits
+        w = w.copy()
     ok = np.isfinite(w) & (w >= 0.0)
     if not ok.all():
         i = int(np.flatnonzero(~ok)[0])
@@ -369,7 +371,8 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
         kind, prm = _options_cached(input, loss, reduction, label_smoothing, eps, gamma, alpha)
     except TypeError:  # an unhashable option value: check it the slow way
         kind, prm = _options(input, loss, reduction, label_smoothing, eps, gamma, alpha)
-    qs = tuple(_number(f"quantiles[{i}]", q, 0.0, 1.0) for i, q in enumerate(quantiles)) if quantiles else ()
+    qs = (tuple(_number(f"quantiles[{i}]", q, 0.0, 1.0) for i, q in enumerate(quantiles))
+          if quantiles is not None and len(quantiles) else ())
 
     pred, lab = predictions, labels
     if not (type(pred) is np.ndarray and type(lab) is np.ndarray and pred.dtype is lab.dtype

@@ -186,11 +186,14 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.
         raise OipError(f"input {name!r}: data must be a flat (row-major) or nested list of numbers") from None
     if arr.dtype.kind not in "fiub":
         if dtname in FLOAT_TYPES and arr.dtype.kind in "OU":  # non-finite numbers written as strings
-            flat = arr.ravel().tolist()
-            bad = next((j for j, v in enumerate(flat) if not (isinstance(v, (int, float)) or v in _NONFINITE)), None)
+            flat = _flatten(data)  # from the list: NumPy turned its numbers into strings
+            bad = next((j for j, v in enumerate(flat) if not (isinstance(v, (int, float)) or (isinstance(v, str) and v in _NONFINITE))), None)
             if bad is not None:
                 raise OipError(f"input {name!r}: data[{bad}] = {flat[bad]!r} is not a number")
-            arr = np.array([_NONFINITE.get(v, v) if isinstance(v, str) else v for v in flat], dtype=dtype)
+            try:
+                arr = np.array([_NONFINITE.get(v, v) if isinstance(v, str) else v for v in flat], dtype=dtype)
+            except OverflowError:
+                raise OipError(f"input {name!r}: data holds an integer beyond the {dtname} range") from None
         else:
             raise OipError(f"input {name!r}: data must hold numbers ({dtname})")
     if arr.size != count:
@@ -199,7 +202,22 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.
         raise OipError(f"input {name!r}: BOOL data must be true/false")
     if dtname not in FLOAT_TYPES and arr.dtype.kind == "f":
         raise OipError(f"input {name!r}: {dtname} data must be integers")
+    if dtype.kind in "iu" and arr.size:
+        info = np.iinfo(dtype)  # astype would wrap 300 to 44 in INT8 without a word
+        if arr.min() < info.min or arr.max() > info.max:
+            raise OipError(f"input {name!r}: data holds values outside the {dtname} range "
+                           f"[{info.min}, {info.max}]")
     return arr.astype(dtype, copy=False).reshape(shape)
+
+
+def _flatten(data: list) -> list:
+    out: list = []
+    for v in data:
+        if isinstance(v, list):
+            out.extend(_flatten(v))
+        else:
+            out.append(v)
+    return out
 
 
 def datatype_of(arr: np.ndarray) -> str:

@@ -645,3 +645,37 @@ def test_dtype_float32_rounds_only_the_arrays(reduction):
 def test_dtype_unknown(fn):
     with pytest.raises(ValueError, match=r"^dtype = 'float16' is not one of 'float64', 'float32'$"):
         fn(np.zeros(3), np.zeros(3), dtype="float16")
+
+
+def test_logreg_without_l2_ignores_an_overflowing_coef_norm():
+    # ‖coef‖² = 2e400 overflows, but without l2 it is not part of the loss (0·inf would be NaN)
+    X = np.array([[1e-200, 1e-200]])
+    p = kernels.logreg_grad(X, np.array([1.0]), np.array([1e200, 1e200]))
+    assert p.loss == float(np.log1p(np.exp(-2.0)))
+    # with l2 > 0 the penalty really is infinite
+    assert kernels.logreg_grad(X, np.array([1.0]), np.array([1e200, 1e200]), l2=0.5).loss == np.inf
+
+
+@pytest.mark.parametrize("fn", [kernels.loss, kernels.grad])
+def test_unaligned_inputs_are_bit_identical(fn):
+    """np.frombuffer on a request body gives read-only, possibly unaligned arrays."""
+    rng = np.random.default_rng(3)
+    n = 40_000  # parallel path
+    s, y, w = rng.normal(size=n), (rng.random(n) < 0.5) * 1.0, rng.uniform(0, 1, n)
+
+    def unaligned(a: np.ndarray) -> np.ndarray:
+        raw = b"\0" + a.tobytes()
+        out = np.frombuffer(raw, dtype=np.float64, count=a.size, offset=1)
+        assert not out.flags.aligned and not out.flags.writeable
+        return out
+
+    ref = fn(s, y, sample_weight=w)
+    got = fn(unaligned(s), unaligned(y), sample_weight=unaligned(w))
+    assert got.loss == ref.loss and got.stats == ref.stats
+    if fn is kernels.grad:
+        np.testing.assert_array_equal(got.grad, ref.grad)
+
+
+def test_quantiles_as_an_array():
+    r = kernels.loss(np.array([1.0, -2.0, 3.0]), np.array([1.0, 0.0, 0.0]), quantiles=np.array([0.99, 0.01]))
+    assert list(r.stats)[-2:] == ["p99", "p1"]

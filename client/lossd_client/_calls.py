@@ -1,0 +1,162 @@
+"""The public arguments as infer requests, and infer outputs as result objects.
+
+Options travel as request parameters named as the contract's keywords, and only when
+they differ from the defaults (the server applies the same defaults, so a short request
+means the same thing). Pure functions, shared by the sync and async clients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._codec import Outputs, float_tensor, label_tensor
+from ._errors import LossdError
+from ._results import GradResult, LossResult, ParamGrad
+
+# Outputs that are not statistics; every other output is a ``stats`` key.
+_NOT_STATS = frozenset({"loss", "losses", "grad", "coef_grad", "intercept_grad"})
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One infer request: the model, its inputs and parameters, and how to read the answer."""
+
+    model: str
+    inputs: Outputs
+    parameters: dict[str, Any]
+    parse: Callable[[Outputs], Any]
+
+    @property
+    def path(self) -> str:
+        return f"/v2/models/{self.model}/infer"
+
+
+# ------------------------------------------------------------------------------ options
+
+def _number(value: Any) -> Any:
+    """A numeric option as a Python float (its JSON repr round-trips exactly), converted
+    as the kernels convert it (``float(value)``); a value that is no number is sent as
+    given, for the server to refuse with its own message."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _differs(value: Any, default: float) -> bool:
+    """True unless ``value`` is exactly ``default`` (sign of zero included: -0.0 is sent)."""
+    if not isinstance(value, float):
+        return True
+    return value != default or math.copysign(1.0, value) != math.copysign(1.0, default)
+
+
+def _quantiles(quantiles: Sequence[float]) -> str | None:
+    """OIP parameters are scalars: quantiles go as a comma-separated string of reprs
+    (exact), in the caller's order, which is the order of the p-keys in ``stats``."""
+    qs = []
+    for i, q in enumerate(quantiles):
+        try:
+            qs.append(repr(float(q)))
+        except (TypeError, ValueError):
+            raise ValueError(f"quantiles[{i}] = {q!r} is not a number") from None
+    return ",".join(qs) or None
+
+
+def loss_parameters(*, input: Any, loss: Any, reduction: Any, label_smoothing: Any, eps: Any,
+                    gamma: Any, alpha: Any, quantiles: Sequence[float], dtype: Any) -> dict[str, Any]:
+    """The request parameters for the scalar options that differ from the defaults."""
+    params: dict[str, Any] = {}
+    for key, value, default in (("input", input, "logits"), ("loss", loss, "cross_entropy"),
+                                ("reduction", reduction, "mean"), ("dtype", dtype, "float64")):
+        if not (isinstance(value, str) and value == default):
+            params[key] = value
+    for key, value, default in (("label_smoothing", label_smoothing, 0.0), ("gamma", gamma, 2.0)):
+        value = _number(value)
+        if _differs(value, default):
+            params[key] = value
+    for key, value in (("eps", eps), ("alpha", alpha)):
+        if value is not None:
+            params[key] = _number(value)
+    q = _quantiles(quantiles)
+    if q is not None:
+        params["quantiles"] = q
+    return params
+
+
+# ------------------------------------------------------------------------------ requests
+
+def loss_call(model: str, predictions: Any, labels: Any, *, sample_weight: Any, pos_weight: Any,
+              **options: Any) -> Call:
+    """An infer request for the ``loss`` or ``grad`` model (wrt predictions)."""
+    params = loss_parameters(**options)
+    inputs = [("predictions", float_tensor("predictions", predictions)), ("labels", label_tensor(labels))]
+    if sample_weight is not None:
+        inputs.append(("sample_weight", float_tensor("sample_weight", sample_weight)))
+    if pos_weight is not None:
+        if np.ndim(pos_weight) == 0:  # a scalar is a parameter, per-column weights a tensor
+            params["pos_weight"] = _number(pos_weight)
+        else:
+            inputs.append(("pos_weight", float_tensor("pos_weight", pos_weight)))
+    parse = to_grad_result if model == "grad" else to_loss_result
+    return Call(model, inputs, params, parse)
+
+
+def logreg_call(features: Any, labels: Any, coef: Any, intercept: Any, *, sample_weight: Any,
+                l2: Any) -> Call:
+    """An infer request for the ``grad`` model with ``wrt = "params"``."""
+    params: dict[str, Any] = {"wrt": "params"}
+    for key, value in (("intercept", intercept), ("l2", l2)):
+        value = _number(value)
+        if _differs(value, 0.0):
+            params[key] = value
+    inputs = [("features", float_tensor("features", features)), ("labels", label_tensor(labels)),
+              ("coef", float_tensor("coef", coef))]
+    if sample_weight is not None:
+        inputs.append(("sample_weight", float_tensor("sample_weight", sample_weight)))
+    return Call("grad", inputs, params, to_param_grad)
+
+
+# ------------------------------------------------------------------------------- results
+
+def _required(named: dict[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in named:
+        raise LossdError(200, f"malformed inference response: no output {name!r} "
+                              f"(got {', '.join(named) or 'none'})")
+    return named[name]
+
+
+def _float(arr: np.ndarray | None) -> float | None:
+    return None if arr is None else float(arr.reshape(-1)[0])
+
+
+def _stats(outputs: Outputs) -> dict[str, float]:
+    """The statistics in the server's order, which is the kernels' (count, sum, mean,
+    std, min, max, then the quantiles as asked); count is an integer, as in kernels."""
+    stats: dict[str, Any] = {}
+    for name, arr in outputs:
+        if name not in _NOT_STATS:
+            value = _float(arr)
+            stats[name] = int(value) if name == "count" else value
+    return stats
+
+
+def to_loss_result(outputs: Outputs) -> LossResult:
+    named = dict(outputs)
+    return LossResult(_float(named.get("loss")), named.get("losses"), _stats(outputs))
+
+
+def to_grad_result(outputs: Outputs) -> GradResult:
+    named = dict(outputs)
+    return GradResult(_float(named.get("loss")), _required(named, "grad"), named.get("losses"),
+                      _stats(outputs))
+
+
+def to_param_grad(outputs: Outputs) -> ParamGrad:
+    named = dict(outputs)
+    return ParamGrad(_float(_required(named, "loss")), _required(named, "coef_grad"),
+                     _float(_required(named, "intercept_grad")))
