@@ -86,8 +86,10 @@ def decode_request(body: bytes, header_length: str | None, allowed: dict[str, tu
             hlen = int(header_length)
         except ValueError:
             raise OipError(f"Inference-Header-Content-Length = {header_length!r} is not a number") from None
-        if not 0 < hlen <= len(body):
+        if hlen > len(body):
             raise OipError(f"Inference-Header-Content-Length = {hlen} is beyond the body's {len(body)} bytes")
+        if hlen <= 0:
+            raise OipError(f"Inference-Header-Content-Length = {hlen} must be positive (the JSON header's length)")
         header_raw, blob = body[:hlen], memoryview(body)[hlen:]
     header = _loads(header_raw)
     if not isinstance(header, dict):
@@ -129,6 +131,8 @@ def decode_request(body: bytes, header_length: str | None, allowed: dict[str, tu
             oparams = o.get("parameters") or {}
             if not isinstance(oparams, dict):
                 raise OipError(f"outputs[{j}].parameters must be an object")
+            if any(o["name"] == a for a, _ in asked):
+                raise OipError(f"output {o['name']!r} is asked for twice")
             asked.append((o["name"], _param_bool(oparams, "binary_data", f"output {o['name']!r}")))
     binary_output = bool(_param_bool(params, "binary_data_output", "request"))
     return InferRequest(rid, inputs, params, asked, binary_output)
@@ -149,6 +153,8 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
     if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                for d in shape)):
         raise OipError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    if len(shape) > 2:  # every tensor of these models is a scalar, a vector or a matrix
+        raise OipError(f"input {name!r}: shape {shape} has {len(shape)} dimensions; at most 2 are accepted")
     count = math.prod(shape)
     dtype = DATATYPES[dtname]
     tparams = t.get("parameters") or {}
@@ -167,7 +173,7 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
         if offset + size > len(blob):
             raise OipError(f"input {name!r}: binary_data_size = {size} at offset {offset} runs past the "
                            f"{len(blob)} bytes of binary data")
-        arr = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(shape)
+        arr = _reshape(name, np.frombuffer(blob, dtype=dtype, count=count, offset=offset), shape)
         return name, arr, size
     if "data" not in t:
         raise OipError(f"input {name!r} has neither data nor binary_data_size")
@@ -198,6 +204,12 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.
             raise OipError(f"input {name!r}: data must hold numbers ({dtname})")
     if arr.size != count:
         raise OipError(f"input {name!r}: data has {arr.size} elements, shape {shape} needs {count}")
+    if dtname == "FP32" and arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        narrow = arr.astype(np.float32)
+        over = np.isinf(narrow) & np.isfinite(arr)
+        if over.any():  # a finite number would silently become infinite
+            j = int(np.flatnonzero(over.reshape(-1))[0])
+            raise OipError(f"input {name!r}: data[{j}] = {float(arr.reshape(-1)[j])!r} is beyond the FP32 range")
     if dtname == "BOOL" and arr.dtype.kind != "b":
         raise OipError(f"input {name!r}: BOOL data must be true/false")
     if dtname not in FLOAT_TYPES and arr.dtype.kind == "f":
@@ -207,7 +219,14 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.
         if arr.min() < info.min or arr.max() > info.max:
             raise OipError(f"input {name!r}: data holds values outside the {dtname} range "
                            f"[{info.min}, {info.max}]")
-    return arr.astype(dtype, copy=False).reshape(shape)
+    return _reshape(name, arr.astype(dtype, copy=False), shape)
+
+
+def _reshape(name: str, arr: np.ndarray, shape: list[int]) -> np.ndarray:
+    try:
+        return arr.reshape(shape)
+    except ValueError as exc:  # e.g. a dimension beyond what NumPy can index
+        raise OipError(f"input {name!r}: shape {shape} is not possible: {exc}") from None
 
 
 def _flatten(data: list) -> list:
