@@ -62,7 +62,9 @@ def make_block(kind: int, grad: int):
         lb = prm[P_LB]
         keep = prm[P_KEEP]
         half_ls = prm[P_HALF]
-        discrete = prm[P_DISCRETE] != 0.0
+        # y01·(1 - y01) is >= 0 exactly for y01 in [0, 1] (NaN fails every compare)
+        # and 0 exactly for y01 in {0, 1}: one product bounds both label checks.
+        vmax = 0.0 if prm[P_DISCRETE] != 0.0 else np.inf
         gamma = prm[P_GAMMA]
         alpha = prm[P_ALPHA]
         lo = prm[P_LO]
@@ -102,11 +104,12 @@ def make_block(kind: int, grad: int):
             if GRAD:
                 gv[j] = g * scale
             if prob_input:
-                bad_s = (si < 0.0) | (si > 1.0) | (si != si)
+                vs = si * (1.0 - si)
+                bad_s = not (vs >= 0.0)
             else:
                 bad_s = si != si
-            bad_y = (y01 < 0.0) | (y01 > 1.0) | (y01 != y01) | (discrete & (y01 != 0.0) & (y01 != 1.0))
-            bad += np.int64(bad_s | bad_y)
+            vy = y01 * (1.0 - y01)
+            bad += np.int64(bad_s | (not ((vy >= 0.0) & (vy <= vmax))))
         # Sums run over the float64 buffer, not in the element loop: the order of a
         # vectorised reduction follows the loop's vector shape, which differs between
         # float32 and float64 inputs; over buf it is one and the same for both.
