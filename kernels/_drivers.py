@@ -17,7 +17,9 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from . import _elements as E
 from . import _math as M
@@ -31,6 +33,35 @@ SOURCE_STAMP = hashlib.sha256(b"".join(
 INF_BITS = 0x7FF0000000000000
 ABS_MASK = 0x7FFFFFFFFFFFFFFF
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}  # reassoc: vectorised reductions
+
+# Software prefetch: the arithmetic-bound element loops issue loads too slowly for the
+# hardware prefetchers to hide DRAM latency (one thread, CE loss at n = 1e7: 2.8 ns per
+# element against 2.1 from cache; 2.5 with these prefetches). 128 to 1024 ahead measure
+# about the same.
+PF_CHUNK = 64  # elements per vectorised chunk of the first loop
+PF_AHEAD = 256  # elements ahead of the chunk that is computed
+PF_STEP = 8  # one prefetch per 64-byte line of float64 (float32: two per line)
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):  # noqa: ARG001
+    """Hint the cache line of arr[idx] into L2 (llvm.prefetch, i.e. prefetcht1/t2; it
+    never faults, so idx may lie past the end of arr)."""
+    sig = types.void(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+        # read, locality 1 (L2: y is read a loop later; L1 would evict it), data cache
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 1), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
 
 # Columns of the per-block statistics table.
 S_COUNT, S_SUM, S_M2, S_MIN, S_MAX, S_WSUM, S_BAD = range(7)
@@ -80,8 +111,15 @@ def make_block(kind: int, grad: int):
             # t = e^-|s| in a loop of its own (into buf, which the next loop overwrites):
             # with exp and log1p in one loop body, the dependency chain per element is
             # too long for the out-of-order window (~30% slower).
-            for j in range(m):
-                buf[j] = M.exp_neg(-abs(np.float64(sv[j])))
+            # In chunks, each preceded by prefetches of s and y PF_AHEAD elements on.
+            for c in range(0, m, PF_CHUNK):
+                for q in range(i0 + c + PF_AHEAD, i0 + c + PF_AHEAD + PF_CHUNK, PF_STEP):
+                    prefetch(s, q)
+                    prefetch(y, q)
+                sc = sv[c:c + PF_CHUNK]  # views: indices from 0 need no wraparound checks
+                tc = buf[c:c + PF_CHUNK]
+                for j in range(sc.size):
+                    tc[j] = M.exp_neg(-abs(np.float64(sc[j])))
         for j in range(m):
             si = np.float64(sv[j])
             y01 = np.float64(yv[j]) * la + lb
