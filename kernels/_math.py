@@ -306,7 +306,10 @@ def softplus_parts(s: float, t: float) -> tuple[float, float, float]:
     compute it in a loop of its own (see _drivers).
     """
     lp = log1p_unit(t)
-    return max(s, 0.0) + lp, max(-s, 0.0) + lp, lp
+    # one compare and two selects: max(±s, 0) would add NaN-propagating compares, and
+    # a NaN s is reported as invalid input whatever its loss
+    pos = s > 0.0
+    return (s + lp if pos else lp), (lp if pos else lp - s), lp
 
 
 @njit(**_inline)
