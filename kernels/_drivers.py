@@ -3,7 +3,8 @@ statistics and an input-validity count.
 
 The input (N or N×K, C order) is walked flat in blocks of B elements, B a multiple of
 K so that a block holds whole rows. Per block, one vectorised loop computes each
-element's loss (and gradient) into a block buffer — the output array itself for
+element's loss (and gradient) into a block buffer (for logits after a loop that puts
+e^-|s| there and prefetches the inputs) — the output array itself for
 ``reduction="none"``, a per-block scratch otherwise, so ``mean`` allocates nothing of
 size n — and a second loop over that cache-resident buffer gives the block's exact
 two-pass M2, min and max. Blocks are merged with Chan's formula. Kernels are built
