@@ -3,8 +3,10 @@
 Each function returns ``(loss, dloss/dprediction)`` for one element and is pure
 arithmetic, so a kernel loop calling it vectorises. Labels arrive as ``y``, the
 probability of the positive class after label mapping and smoothing; the margin losses
-use y' = 2y - 1. Zero coefficients are selected to 0 rather than multiplied, so that
-0 * inf never produces NaN: every ±inf input gives the exact limit.
+use y' = 2y - 1. The logit forms of cross-entropy and focal loss also take
+t = e^-|s|, which the drivers compute in a loop of their own. Zero coefficients are
+selected to 0 rather than multiplied, so that 0 * inf never produces NaN: every ±inf
+input gives the exact limit.
 """
 
 from __future__ import annotations
@@ -44,15 +46,15 @@ def _wsum(c1: float, a: float, c0: float, b: float) -> float:
 
 
 @njit(**_opts)
-def ce_logits(s: float, y: float, pw: float) -> tuple[float, float]:
-    """Binary cross-entropy on a logit, with PyTorch's pos_weight.
+def ce_logits(s: float, y: float, pw: float, t: float) -> tuple[float, float]:
+    """Binary cross-entropy on a logit, with PyTorch's pos_weight; t = e^-|s|.
 
     l = pw·y·softplus(-s) + (1-y)·softplus(s)   (= (1-y)s - log σ(s) for pw = 1)
     dl/ds = (1-y)·σ(s) - pw·y·σ(-s)
     Reference: PyTorch ``binary_cross_entropy_with_logits``; the stable softplus split
     is the one of optax ``sigmoid_binary_cross_entropy``.
     """
-    sp_pos, sp_neg, _, t = M.softplus_parts(s)
+    sp_pos, sp_neg, _ = M.softplus_parts(s, t)
     sig_p, sig_n = M.sigmoid_pair(s, t)
     c1 = pw * y
     c0 = 1.0 - y
@@ -95,8 +97,8 @@ def _focal_factor(gamma: float, q: float, la: float, lb: float) -> float:
 
 
 @njit(**_opts)
-def focal_logits(s: float, y: float, gamma: float, alpha: float) -> tuple[float, float]:
-    """Sigmoid focal loss (Lin et al. 2017; optax ``sigmoid_focal_loss``).
+def focal_logits(s: float, y: float, gamma: float, alpha: float, t: float) -> tuple[float, float]:
+    """Sigmoid focal loss (Lin et al. 2017; optax ``sigmoid_focal_loss``); t = e^-|s|.
 
     l = a_t · CE(s, y) · q^γ with q = 1 - p_t = y·σ(-s) + (1-y)·σ(s),
     a_t = α y + (1-α)(1-y) (1 when alpha < 0, i.e. None).
@@ -104,7 +106,7 @@ def focal_logits(s: float, y: float, gamma: float, alpha: float) -> tuple[float,
     full precision where q underflows towards 1e-300; soft labels use log q directly.
     dl/ds = a_t · [CE'·q^γ + CE·γ·q^γ·h], h = d(log q)/ds.
     """
-    sp_pos, sp_neg, lp, t = M.softplus_parts(s)
+    sp_pos, sp_neg, lp = M.softplus_parts(s, t)
     sig_p, sig_n = M.sigmoid_pair(s, t)
     c0 = 1.0 - y
     ce = _wsum(y, sp_neg, c0, sp_pos)
@@ -179,7 +181,7 @@ def se_logits(s: float, y: float) -> tuple[float, float]:
         return M.sigmoid_power(s, 2.0, 0.0), 2.0 * M.sigmoid_power(s, 2.0, 1.0)
     if y == 1.0:
         return M.sigmoid_power(s, 0.0, 2.0), -2.0 * M.sigmoid_power(s, 1.0, 2.0)
-    sig_p, sig_n = M.sigmoid_pair(s, M.exp(-abs(s)))
+    sig_p, sig_n = M.sigmoid_pair(s, M.exp_neg(-abs(s)))
     d = _wsum(1.0 - y, sig_p, -y, sig_n)
     return d * d, 2.0 * d * M.sigmoid_power(s, 1.0, 1.0)
 

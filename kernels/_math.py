@@ -131,6 +131,44 @@ def exp(x: float) -> float:
     return exp_dd(x, 0.0)
 
 
+# Round-to-nearest by adding 1.5·2^52: for |v| < 2^51, v + SHIFT lands in [2^52, 2^53),
+# where the spacing is 1, and its low mantissa bits are the integer round(v).
+SHIFT = 6755399441055744.0
+# 2^(k+64) from those low bits: (bits << 52) keeps k's 12 low bits in the exponent field.
+EXP_NEG_SCALE = (1023 + 64) << 52
+TWO_M64 = 5.421010862427522e-20  # 2^-64
+
+
+@njit("float64(float64)", **_opts)
+def exp_neg(x: float) -> float:
+    """e^x for x <= 0 (-inf included: e^-inf = 0), within 1 ulp; e^-|s| of softplus.
+
+    exp's method with three savings that x <= 0 allows: k = round(x/ln2) comes from
+    the shifter (x/ln2 + 1.5·2^52) rather than floor and a conversion, 2^(k+64) is
+    built from the shifter's low bits (k >= -1076, so k+64 is a normal exponent), and
+    y·2^(k+64) is exact, so the final ·2^-64 is the one rounding, exact for
+    subnormal results too.
+    """
+    x = max(x, EXP_LO)
+    z = x * INV_LN2 + SHIFT
+    kf = z - SHIFT
+    r = (x - kf * LN2_HI) - kf * LN2_LO
+    r2 = r * r
+    r4 = r2 * r2
+    a0 = 0.5 + r * 0.16666666666666666
+    a1 = 0.041666666666666664 + r * 0.008333333333333333
+    a2 = 0.001388888888888889 + r * 0.0001984126984126984
+    a3 = 2.48015873015873e-05 + r * 2.7557319223985893e-06
+    a4 = 2.755731922398589e-07 + r * 2.505210838544172e-08
+    a5 = 2.08767569878681e-09 + r * 1.6059043836821613e-10
+    b0 = a0 + r2 * a1
+    b1 = a2 + r2 * a3
+    b2 = a4 + r2 * a5
+    p = (b0 + r4 * b1) + (r4 * r4) * b2
+    y = 1.0 + (r + r2 * p)
+    return (y * bits_f64((f64_bits(z) << 52) + EXP_NEG_SCALE)) * TWO_M64
+
+
 @njit("Tuple((float64, int64))(float64)", **_opts)
 def _frexp_sqrt2(x: float) -> tuple[float, int]:
     """(m, e) with x = m·2^e and m in [sqrt(2)/2, sqrt(2)), for normal x > 0, read
@@ -258,16 +296,20 @@ def log1p_unit(t: float) -> float:
 
 
 @njit(**_inline)
-def softplus_parts(s: float) -> tuple[float, float, float, float]:
-    """(softplus(s), softplus(-s), L, t) with t = e^-|s| and L = log1p(t).
+def softplus_parts(s: float, t: float) -> tuple[float, float, float]:
+    """(softplus(s), softplus(-s), L) given t = e^-|s| (``exp_neg(-abs(s))``), with
+    L = log1p(t).
 
     softplus(±s) = max(±s, 0) + L: both terms are non-negative, so there is no
     cancellation, and e^-|s| <= 1 never overflows. ±inf give (inf, 0) or (0, inf).
-    One exp and one log1p serve both signs.
+    One exp and one log1p serve both signs. t is an argument so that a kernel can
+    compute it in a loop of its own (see _drivers).
     """
-    t = exp(-abs(s))
     lp = log1p_unit(t)
-    return max(s, 0.0) + lp, max(-s, 0.0) + lp, lp, t
+    # one compare and two selects: max(±s, 0) would add NaN-propagating compares, and
+    # a NaN s is reported as invalid input whatever its loss
+    pos = s > 0.0
+    return (s + lp if pos else lp), (lp if pos else lp - s), lp
 
 
 @njit(**_inline)
@@ -311,7 +353,7 @@ def sigmoid_power(s: float, a: float, b: float) -> float:
     n = a + b
     p = 0.0 if c == 0.0 else c * -abs(s)  # c = 0 with s = ±inf: no 0·inf
     e1 = 0.0 if (c == 0.0 or abs(p) == np.inf) else fma(c, -abs(s), -p)
-    l_hi, l_lo = log1p_unit_split(exp(-abs(s)))
+    l_hi, l_lo = log1p_unit_split(exp_neg(-abs(s)))
     big = l_hi + l_lo  # Fast2Sum (|l_hi| >= |l_lo| or l_hi = 0): big + e_l == l_hi + l_lo
     e_l = (l_hi - big) + l_lo
     q = -n * big

@@ -59,6 +59,15 @@ def test_exp_limits():
     assert _vec(M.exp)(np.array([-744.44]))[0] == 5e-324
 
 
+
+def test_exp_neg_within_one_ulp_on_its_domain_including_subnormal_results():
+    x = -np.abs(EXP_POINTS)
+    got = _vec(M.exp_neg)(x)
+    worst = max(ulps(g, mpmath.exp(mpmath.mpf(float(v)))) for v, g in zip(x, got))
+    assert worst <= 1.0, worst
+    lim = _vec(M.exp_neg)(np.array([-np.inf, -746.0, -1e308, -744.44, 0.0, -0.0]))
+    assert list(lim) == [0.0, 0.0, 0.0, 5e-324, 1.0, 1.0]
+
 LOG_POINTS = np.concatenate([
     RNG.uniform(0, 1, 2000), RNG.uniform(0.5, 2, 1000), np.logspace(-323, 308, 2000),
     [5e-324, 1e-310, 2.2250738585072014e-308, 0.5, 1.0, 2.0, 1 - 2**-53, 1 + 2**-52, 1.7976931348623157e308],
