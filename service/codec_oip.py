@@ -153,8 +153,6 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
     if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                for d in shape)):
         raise OipError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
-    if len(shape) > 2:  # every tensor of these models is a scalar, a vector or a matrix
-        raise OipError(f"input {name!r}: shape {shape} has {len(shape)} dimensions; at most 2 are accepted")
     count = math.prod(shape)
     dtype = DATATYPES[dtname]
     tparams = t.get("parameters") or {}

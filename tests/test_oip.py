@@ -792,7 +792,7 @@ MALFORMED = [
      ["predictions is empty"]),
     ("3-D predictions", "loss",
      _json({"inputs": [jt("predictions", np.zeros((2, 1, 1))), jt("labels", np.zeros((2, 1, 1)))]}),
-     ["input 'predictions': shape [2, 1, 1] has 3 dimensions; at most 2 are accepted"]),
+     ["predictions must be 1-D (N) or 2-D (N×K)"]),
     ("row mismatch", "loss", _json({"inputs": [jt("predictions", P2), jt("labels", [1.0, 0.0, 1.0])]}),
      ["predictions has 2 rows, labels 3"]),
     ("sample_weight length", "loss",
