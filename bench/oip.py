@@ -12,7 +12,9 @@ body, keeps none, and answers an empty 200, under the same uvicorn settings as l
 the chunks into one ``bytes`` (as Starlette's ``request.body()`` does for lossd): a fresh
 16-160 MB allocation per request costs the sink page faults that lossd, whose heap earlier
 large requests have grown, often does not pay, and a joining sink came out *slower* than
-lossd at 10^6 (no ceiling then). Receiving the bytes is what any server must do. Then, from one ``httpx.Client`` with keep-alive, sequential requests, for
+lossd at 10^6 (no ceiling then). Receiving the bytes is what any server must do. Then, from one keep-alive HTTP/1.1
+connection per server (the standard library's ``http.client``: one ``sendall`` per body,
+so the client adds as little as a client can), sequential requests, for
 n float64 logits + n float64 labels (mean binary cross-entropy, the defaults):
 
 - ``JSON /loss``: ``POST /loss``, body ``orjson.dumps({"predictions", "labels"})``;
@@ -28,11 +30,11 @@ measured in one run are more trustworthy than absolute figures. The load average
 recorded. Every lossd answer is
 checked against ``kernels.loss`` in this process, to the last bit.
 
-Bodies over 1 MiB are handed to httpx as an iterator of 1 MiB memoryview slices with an
-explicit Content-Length (the bytes on the wire are identical): httpcore's sync socket
-writer re-slices the remaining ``bytes`` after every partial ``send`` (encode/httpcore#1029),
-which is quadratic and at 10^7 elements (160-230 MB bodies) made the client, not the
-servers, the bottleneck (~100 MB/s instead of ~600 MB/s).
+Why not httpx for the timed requests: its sync socket writer re-slices the remaining
+``bytes`` after every partial ``send`` (encode/httpcore#1029), which is quadratic; even
+with the body handed over in 1 MiB slices the client alone took ~8.5 ms to move a
+16 MB body to the sink, more than the whole per-request budget of the 20x goal at 10^6.
+httpx still polls the servers for readiness.
 
 Writes ``<out>/oip.md`` (also printed) and ``<out>/oip.json``; server logs go to <out>.
 """
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import http.client
 import json
 import math
 import os
@@ -52,7 +55,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +85,6 @@ LEGEND = {
 }
 GOAL_N = 10**6
 GOAL_VS_JSON, GOAL_VS_SINK = 20.0, 0.3
-CHUNK = 1 << 20
 BUSY_LOAD = 0.5  # 1-minute load above this on 2 cores: the figures are pessimistic
 
 
@@ -366,19 +369,49 @@ class BadResponse(RuntimeError):
     pass
 
 
-def _chunks(body: bytes) -> Iterator[memoryview]:
-    view = memoryview(body)
-    for i in range(0, len(body), CHUNK):
-        yield view[i:i + CHUNK]
+@dataclass
+class Reply:
+    status_code: int
+    content: bytes
+    headers: dict[str, str]
 
 
-def send(client, url: str, req: Request):
-    """One request; large bodies as 1 MiB views with an explicit Content-Length (see the
-    module docstring: the same bytes on the wire, without httpcore's quadratic copy)."""
-    if len(req.body) > CHUNK:
-        return client.post(url, content=_chunks(req.body),
-                           headers={**req.headers, "content-length": str(len(req.body))})
-    return client.post(url, content=req.body, headers=req.headers)
+class KeepAlive:
+    """One persistent ``http.client`` connection per server (reconnects if one drops)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._conns: dict[tuple[str, int], http.client.HTTPConnection] = {}
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Reply:
+        u = urllib.parse.urlsplit(url)
+        key = (u.hostname, u.port)
+        conn = self._conns.get(key)
+        if conn is None:
+            conn = self._conns[key] = http.client.HTTPConnection(u.hostname, u.port, timeout=self.timeout)
+        try:
+            conn.request("POST", u.path, body=body, headers=headers)
+            r = conn.getresponse()
+            content = r.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            del self._conns[key]
+            raise
+        return Reply(r.status, content, {k.lower(): v for k, v in r.getheaders()})
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+
+_KEEP_ALIVE = KeepAlive(timeout=300.0)
+
+
+def send(client, url: str, req: Request) -> Reply:
+    """One timed request over the persistent connection (``client`` is only used for
+    readiness polls)."""
+    return _KEEP_ALIVE.post(url, req.body, req.headers)
 
 
 def request_once(client, url: str, req: Request, cell: Cell, timed: bool = True) -> None:
@@ -487,7 +520,7 @@ def run(cfg: Config, out: Path, json_max_n: int, oip_json_max_n: int, access_log
                                 if turn == 0 and not (impl in (JSON_LOSS, OIP_JSON) and n >= 10**7):
                                     request_once(client, urls[impl], reqs[impl], cells[impl], timed=False)
                                 request_once(client, urls[impl], reqs[impl], cells[impl])
-                            except (BadResponse, httpx.HTTPError) as exc:
+                            except (BadResponse, httpx.HTTPError, OSError, http.client.HTTPException) as exc:
                                 active.remove(impl)
                                 cells[impl].times.clear()
                                 r.errors.append(f"{impl} n={n:.0e}: {type(exc).__name__}: {exc}")
@@ -558,7 +591,7 @@ def results_table(r: Run) -> str:
     legend = "\n".join(f"- {k}: {v}" for k, v in LEGEND.items())
     cfg = r.cfg
     return (md_table(["case", "n", "body MB", "requests", "elements/s", "body MB/s", "p50 ms", "p99 ms"], body)
-            + f"\n\nSequential keep-alive requests from one httpx client (client time included); "
+            + f"\n\nSequential requests over one keep-alive connection per server (http.client; client time included); "
             f"within one n the cases take turns request by request; per cell at least {cfg.budget_s:g} s or "
             f"{cfg.min_requests} requests, at most {cfg.max_requests} requests and about {cfg.cap_s:g} s. "
             "elements/s = n x requests / time spent in them. With few requests p99 is about the "

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
 import kernels
@@ -20,6 +21,7 @@ from . import __version__
 from .errors import ApiError
 from .metrics import Metrics
 from .middleware import FrontDoor
+from .bodies import BufferPool
 from .codec_oip import OipError
 from .routes_json import OPENAPI_MODELS, add_json_routes
 from .routes_oip import add_oip_routes
@@ -60,8 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.readiness = readiness
 
-    add_json_routes(app, runner, metrics, settings.inline_bytes)
-    add_oip_routes(app, runner, metrics, readiness, settings.inline_bytes)
+    pool = BufferPool(keep=settings.max_concurrency)
+    add_json_routes(app, runner, metrics, pool, settings.inline_bytes)
+    add_oip_routes(app, runner, metrics, readiness, pool, settings.inline_bytes)
     _add_operations(app, metrics, readiness)
     _add_docs(app)
     _add_error_handlers(app)
@@ -130,6 +133,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OipError)
     async def oip_error(request: Request, exc: OipError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # nobody is left to answer; 499 (nginx's "client closed request") for the metrics
+        log.info("client disconnected before its body was complete: %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

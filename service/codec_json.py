@@ -21,11 +21,12 @@ from .errors import RequestError
 _NONFINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "+Infinity": math.inf, "NaN": math.nan}
 
 
-def decode_body(body: bytes) -> dict[str, Any]:
+def decode_body(body: bytes | memoryview) -> dict[str, Any]:
     """Parse a request body into a dict; 422 for anything but a JSON object."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        body = bytes(body)  # the rare slow path may copy a pooled buffer
         # orjson refuses the bare Infinity/-Infinity/NaN tokens that json.dumps writes;
         # only such bodies pay for the stdlib parser.
         if b"Infinity" not in body and b"NaN" not in body:

@@ -58,10 +58,11 @@ class InferResponse:
     outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
-def _loads(raw: bytes) -> Any:
+def _loads(raw: bytes | memoryview) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        raw = bytes(raw)  # the rare slow path may copy a pooled buffer
         if b"Infinity" in raw or b"NaN" in raw:  # json.dumps writes these bare tokens
             try:
                 return json.loads(raw, parse_float=finite_float)
@@ -77,7 +78,7 @@ def _param_bool(params: dict, key: str, where: str) -> bool | None:
     raise OipError(f"{where} parameter {key} must be true or false, got {v!r}")
 
 
-def decode_request(body: bytes, header_length: str | None, allowed: dict[str, tuple[str, ...]]) -> InferRequest:
+def decode_request(body: bytes | memoryview, header_length: str | None, allowed: dict[str, tuple[str, ...]]) -> InferRequest:
     """Parse an infer request. ``allowed`` maps each input name to its datatypes."""
     if header_length is None:
         header_raw, blob = body, b""

@@ -11,6 +11,7 @@ from . import codec_json
 from .compute import compute_grad, compute_loss
 from .errors import ApiError
 from .metrics import Metrics
+from .bodies import BufferPool, run_on_body
 from .runner import KernelRunner
 from .schemas import (ErrorBody, GradResponse, LossResponse, ParamsGradResponse,
                       ValidationErrorBody)
@@ -33,31 +34,27 @@ def _body_ref(*names: str) -> dict[str, Any]:
         "schema": refs[0] if len(refs) == 1 else {"oneOf": refs}}}}}
 
 
-def _run_json(fn: Compute, body: bytes) -> tuple[bytes, int]:
+def _run_json(body: bytes | memoryview, fn: Compute) -> tuple[bytes, int]:
     payload, n = fn(codec_json.decode_body(body))
     return codec_json.encode(payload), n
 
 
-async def read_json_body(request: Request) -> bytes:
+def check_json_type(request: Request) -> None:
     ctype = request.headers.get("content-type")
     if ctype is None:
         raise ApiError(415, "Content-Type is missing; send 'Content-Type: application/json'")
     if ctype.split(";", 1)[0].strip().lower() != "application/json":
         raise ApiError(415, f"Content-Type {ctype!r} is not supported; send application/json")
-    return await request.body()  # the front door has already bounded its size
 
 
-def add_json_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, inline_bytes: int) -> None:
+def add_json_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, pool: BufferPool,
+                    inline_bytes: int) -> None:
     # registered on the app itself (not an included router) so that the front door can
     # match a refused request to its route for the metrics label
 
     async def answer(request: Request, fn: Compute, route: str) -> Response:
-        body = await read_json_body(request)
-        # small bodies: parsing and computing take microseconds, less than a thread hop
-        if len(body) <= inline_bytes:
-            content, n = _run_json(fn, body)
-        else:
-            content, n = await runner.run(_run_json, fn, body)
+        check_json_type(request)
+        content, n = await run_on_body(request, pool, runner, inline_bytes, _run_json, fn)
         metrics.elements.labels(route).inc(n)
         return Response(content, media_type="application/json")
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request, Response
 from . import __version__
 from .codec_oip import (FLOAT_TYPES, HEADER_LENGTH, LABEL_TYPES, InferRequest, InferResponse, OipError,
                         decode_request, encode_response)
+from .bodies import BufferPool, run_on_body
 from .compute import compute_grad, compute_loss
 from .errors import RequestError
 from .metrics import Metrics
@@ -153,8 +154,12 @@ def _select(model: Model, outputs: list[tuple[str, np.ndarray]], names: list[str
     return picked
 
 
+def _decode_and_infer(body: bytes | memoryview, model: Model, header_length: str | None):
+    return infer(model, decode_request(body, header_length, model.inputs))
+
+
 def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readiness: Readiness,
-                   inline_bytes: int) -> None:
+                   pool: BufferPool, inline_bytes: int) -> None:
     tags = ["open inference protocol v2"]
 
     @app.get("/v2", tags=tags, summary="Server metadata")
@@ -185,13 +190,9 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
 
     async def run_infer(request: Request, model_name: str) -> Response:
         model = _model(model_name)
-        body = await request.body()
         header_length = request.headers.get(HEADER_LENGTH)
-
-        def work():
-            return infer(model, decode_request(body, header_length, model.inputs))
-
-        content, headers, n = work() if len(body) <= inline_bytes else await runner.run(work)
+        content, headers, n = await run_on_body(request, pool, runner, inline_bytes, _decode_and_infer,
+                                                model, header_length)
         metrics.elements.labels(request.scope["route"].path).inc(n)
         return Response(content, headers=headers)
 
