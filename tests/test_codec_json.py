@@ -1,0 +1,79 @@
+"""The JSON codec's two decoders agree: the simdjson fast path (flat number lists straight
+into float64 buffers) and the orjson path (everything, with exact error messages)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import orjson
+import pytest
+
+from service import codec_json
+from service.errors import RequestError
+from service.routes_json import _ARRAY_FIELDS
+
+FIELDS = _ARRAY_FIELDS
+
+
+def slow(body: bytes) -> dict:
+    data = codec_json.decode_body(body)
+    return {k: (codec_json.to_array(k, v, np.float32 if data.get("dtype") == "float32" else np.float64)
+                if k in ("predictions", "labels") else v) for k, v in data.items()}
+
+
+@pytest.mark.parametrize("values", [
+    [0.0, -0.0, 1.5, -2.25, 1e-320, 5e-324, 1.7976931348623157e308, -1e300, 3],
+    list(np.random.default_rng(1).normal(scale=50, size=2000)),
+    [0.1, 0.2, 0.30000000000000004, 1 / 3, 2 ** -1074, 123456789012345678],
+])
+def test_fast_path_equals_the_orjson_path_bit_for_bit(values):
+    body = json.dumps({"predictions": values, "labels": [1] * len(values), "reduction": "none",
+                       "quantiles": [0.5, 0.9], "pos_weight": None, "gamma": 2}).encode()
+    fast = codec_json.decode_body_fast(body, FIELDS)
+    assert fast is not None  # flat number lists take the fast path
+    ref = slow(body)
+    assert fast.keys() == ref.keys()
+    for k in ("predictions", "labels"):
+        assert fast[k].dtype == np.float64
+        np.testing.assert_array_equal(fast[k], ref[k])
+        assert np.array_equal(fast[k].view(np.uint64), ref[k].astype(np.float64).view(np.uint64))
+    assert fast["quantiles"] == [0.5, 0.9] and fast["pos_weight"] is None and fast["reduction"] == "none"
+    # a pooled buffer arrives as a memoryview
+    again = codec_json.decode_body_fast(memoryview(bytearray(body)), FIELDS)
+    np.testing.assert_array_equal(again["predictions"], fast["predictions"])
+
+
+def test_fast_path_float32_rounds_like_the_orjson_path():
+    vals = [0.1, 1e-40, 3.4028234663852886e38, -7.5]
+    body = json.dumps({"predictions": vals, "labels": [0, 1, 0, 1], "dtype": "float32"}).encode()
+    fast = codec_json.decode_body_fast(body, FIELDS)
+    assert fast["predictions"].dtype == np.float32
+    np.testing.assert_array_equal(fast["predictions"], slow(body)["predictions"])
+    over = json.dumps({"predictions": [1.0, 1e39], "labels": [0, 1], "dtype": "float32"}).encode()
+    with pytest.raises(RequestError) as info:
+        codec_json.decode_body_fast(over, FIELDS)
+    assert info.value.detail[0]["loc"] == ["body", "predictions", 1]
+
+
+@pytest.mark.parametrize("body", [
+    b'{"predictions": [[1, 2], [3, 4]], "labels": [[1, 0], [0, 1]]}',  # 2-D
+    b'{"predictions": [[1], [2]], "labels": [1, 0]}',                  # N x 1 must not flatten
+    b'{"predictions": [1, [2]], "labels": [1, 0]}',                    # mixed depth
+    b'{"predictions": [1, "Infinity"], "labels": [1, 0]}',             # non-finite string
+    b'{"predictions": [1, 2], "labels": [true, false]}',               # booleans
+    b'{"predictions": [1, 2], "labels": [1, 0], "labels": [0, 1]}',    # duplicate key
+    b'{"predictions": [1, 2], "labels": [1, 0], "note": "a [b"}',      # "[" in a string
+    b'{"predictions": [1, 2], "labels": [1, 0], "x": {"y": [1]}}',     # a list inside an object
+    b'{"predictions": [1e400], "labels": [1]}',                        # beyond float64
+    b'{"predictions": [Infinity], "labels": [1]}',                     # bare token
+    b'[1, 2]', b'{"predictions": [1, 2', b'',
+])
+def test_unusual_bodies_take_the_orjson_path(body):
+    assert codec_json.decode_body_fast(body, FIELDS) is None
+
+
+def test_duplicate_keys_resolve_like_orjson():
+    body = b'{"predictions": [5.0], "labels": [1], "predictions": [0.5]}'
+    assert codec_json.decode_body_fast(body, FIELDS) is None
+    assert orjson.loads(body)["predictions"] == [0.5]
