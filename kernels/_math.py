@@ -91,6 +91,28 @@ def pow2i(k: int) -> float:
     return bits_f64((k + 1023) << 52)
 
 
+@njit(**_inline)
+def _expm1_bracket(r: float) -> float:
+    """p with e^r - 1 = r + r^2·p, p = 1/2! + r/3! + ... + r^11/13!, for |r| <= ln2/2.
+
+    Estrin's scheme (pairs, then powers r^2, r^4, r^8): a dependency chain of 4 FMAs
+    instead of Horner's 12, so a vectorised loop is not latency-bound. No error-free
+    step: inlined, it may take its caller's flags (exp_dd's and exp_neg's are strict).
+    """
+    r2 = r * r
+    r4 = r2 * r2
+    a0 = 0.5 + r * 0.16666666666666666
+    a1 = 0.041666666666666664 + r * 0.008333333333333333
+    a2 = 0.001388888888888889 + r * 0.0001984126984126984
+    a3 = 2.48015873015873e-05 + r * 2.7557319223985893e-06
+    a4 = 2.755731922398589e-07 + r * 2.505210838544172e-08
+    a5 = 2.08767569878681e-09 + r * 1.6059043836821613e-10
+    b0 = a0 + r2 * a1
+    b1 = a2 + r2 * a3
+    b2 = a4 + r2 * a5
+    return (b0 + r4 * b1) + (r4 * r4) * b2
+
+
 @njit("float64(float64, float64)", **_opts)
 def exp_dd(x: float, dx: float) -> float:
     """e^(x + dx) for a double-double argument (|dx| <= ulp(x)), any float64 x.
@@ -104,22 +126,7 @@ def exp_dd(x: float, dx: float) -> float:
     kf = np.floor(x * INV_LN2 + 0.5)
     k = np.int64(kf)
     r = ((x - kf * LN2_HI) - kf * LN2_LO) + dx
-    # e^r - 1 = r + r^2 (1/2! + r/3! + ... + r^11/13!). The bracket is evaluated by
-    # Estrin's scheme (pairs, then powers r^2, r^4, r^8): a dependency chain of 4
-    # FMAs instead of Horner's 12, so a vectorised loop is not latency-bound.
-    r2 = r * r
-    r4 = r2 * r2
-    a0 = 0.5 + r * 0.16666666666666666
-    a1 = 0.041666666666666664 + r * 0.008333333333333333
-    a2 = 0.001388888888888889 + r * 0.0001984126984126984
-    a3 = 2.48015873015873e-05 + r * 2.7557319223985893e-06
-    a4 = 2.755731922398589e-07 + r * 2.505210838544172e-08
-    a5 = 2.08767569878681e-09 + r * 1.6059043836821613e-10
-    b0 = a0 + r2 * a1
-    b1 = a2 + r2 * a3
-    b2 = a4 + r2 * a5
-    p = (b0 + r4 * b1) + (r4 * r4) * b2
-    em1 = r + (r * r) * p
+    em1 = r + (r * r) * _expm1_bracket(r)
     y = 1.0 + em1
     k1 = k >> 1
     return (y * pow2i(k1)) * pow2i(k - k1)
@@ -153,19 +160,7 @@ def exp_neg(x: float) -> float:
     z = x * INV_LN2 + SHIFT
     kf = z - SHIFT
     r = (x - kf * LN2_HI) - kf * LN2_LO
-    r2 = r * r
-    r4 = r2 * r2
-    a0 = 0.5 + r * 0.16666666666666666
-    a1 = 0.041666666666666664 + r * 0.008333333333333333
-    a2 = 0.001388888888888889 + r * 0.0001984126984126984
-    a3 = 2.48015873015873e-05 + r * 2.7557319223985893e-06
-    a4 = 2.755731922398589e-07 + r * 2.505210838544172e-08
-    a5 = 2.08767569878681e-09 + r * 1.6059043836821613e-10
-    b0 = a0 + r2 * a1
-    b1 = a2 + r2 * a3
-    b2 = a4 + r2 * a5
-    p = (b0 + r4 * b1) + (r4 * r4) * b2
-    y = 1.0 + (r + r2 * p)
+    y = 1.0 + (r + (r * r) * _expm1_bracket(r))
     return (y * bits_f64((f64_bits(z) << 52) + EXP_NEG_SCALE)) * TWO_M64
 
 
