@@ -28,18 +28,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-# This file is itself named kernels.py: drop its directory from sys.path so that
-# `import kernels` finds the package, and put the checkout first so that the benchmark
-# also runs without `pip install -e .`.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-sys.path.insert(0, str(REPO))
-# Same default as the Makefile; must be set before numba is imported.
-os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
+# bench/ is sys.path[0] until use_checkout() takes it off: this file is itself named
+# kernels.py, and `import kernels` must find the package
+import _common
+from _common import (BENCH_DIR, CpuMeter, checks_table, cpu_model, footer_line, log, make_data,
+                     md_table, use_checkout)
+
+use_checkout()  # also NUMBA_CACHE_DIR: before numba is imported
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -185,9 +184,7 @@ class Data:
     def make(cls, n: int, seed: int = 0) -> Data:
         from scipy.special import expit
 
-        rng = np.random.default_rng(seed)
-        s = rng.normal(0.0, 3.0, n)
-        y = (rng.random(n) < 0.5).astype(np.float64)
+        s, y = make_data(n, seed)
         y[:2] = (0.0, 1.0)  # log_loss refuses y with one class; n=10 could draw one
         return cls(s, y, s.astype(np.float32), y.astype(np.float32), expit(s))
 
@@ -399,17 +396,10 @@ class Row:
         return self.n / self.seconds / 1e6
 
 
-@dataclass(frozen=True)
-class Check:
-    goal: str
-    measured: str
-    target: str
-    ok: bool | None  # None: could not be measured
-    note: str = ""
+class Check(_common.Check):
+    """A goal of the kernels; SKIP, not n/a, when it could not be measured."""
 
-    @property
-    def verdict(self) -> str:
-        return {True: "PASS", False: "FAIL", None: "SKIP"}[self.ok]
+    UNKNOWN = "SKIP"
 
 
 class Results:
@@ -501,19 +491,7 @@ def goal_checks(res: Results, cfg: Config, logreg: dict[str, Timing] | None,
 # --------------------------------------------------------------------------- output
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def fmt(x: float) -> str:
-    if x >= 100:
-        return f"{x:.0f}"
-    return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
-
-
-def md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    lines = [header, ["---"] * len(header), *body]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+fmt = partial(_common.fmt, small=".2g")  # Melem/s of tiny n: 2 significant digits
 
 
 def throughput_table(res: Results, cfg: Config) -> str:
@@ -541,35 +519,6 @@ def ratio_table(res: Results, cfg: Config) -> str:
                              for label, f in specs])
 
 
-def checks_table(checks: Sequence[Check]) -> str:
-    return md_table(["goal", "measured", "target", "result", "note"],
-                    [[c.goal, c.measured, c.target, c.verdict, c.note] for c in checks])
-
-
-class CpuMeter:
-    """CPU time other processes used during the run: on 2 cores, one busy neighbour
-    halves what 2-thread code gets (PyTorch's OpenMP collapses far worse than that)."""
-
-    def __init__(self) -> None:
-        self.start = self._snapshot()
-
-    @staticmethod
-    def _snapshot() -> tuple[float, float, float, float]:
-        import psutil
-
-        c = psutil.cpu_times()
-        busy = c.user + c.nice + c.system + c.irq + c.softirq
-        ours = sum(getattr(resource.getrusage(who), f) for f in ("ru_utime", "ru_stime")
-                   for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        return time.perf_counter(), busy, ours, getattr(c, "steal", 0.0)
-
-    def stop(self) -> tuple[float, float]:
-        """(cores used by other processes, cores stolen by the hypervisor), averaged."""
-        (t0, b0, o0, s0), (t1, b1, o1, s1) = self.start, self._snapshot()
-        wall = t1 - t0
-        return max(0.0, (b1 - b0) - (o1 - o0)) / wall, (s1 - s0) / wall
-
-
 def environment(kernels: ModuleType | None,
                 others: tuple[float, float]) -> list[tuple[str, str]]:
     import sklearn
@@ -586,7 +535,7 @@ def environment(kernels: ModuleType | None,
     blas = ", ".join(f"{i['internal_api']}={i['num_threads']}"
                      for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
     return [
-        ("CPU", cpu_model()),
+        ("CPU", cpu_model(isa=True)),
         ("cores usable (affinity)", str(len(os.sched_getaffinity(0)))),
         ("Python", platform.python_version()),
         ("numba", f"{numba.__version__}, threading layer {layer}, "
@@ -599,15 +548,6 @@ def environment(kernels: ModuleType | None,
          f"{others[0]:.2f} of {os.cpu_count()} cores on average "
          f"(hypervisor steal {others[1]:.2f})"),
     ]
-
-
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [ln.split(":", 1)[1].strip() for ln in info.splitlines()
-             if ln.startswith("model name")]
-    flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
-    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-    return f"{names[0] if names else platform.processor()} ({isa})"
 
 
 def plot(res: Results, cfg: Config, path: Path, title: str) -> None:
@@ -713,17 +653,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     cfg = QUICK if args.quick else FULL
-    t_start, cpu = time.perf_counter(), CpuMeter()
+    t_start, cpu = time.perf_counter(), CpuMeter(children=True)  # the RSS probe is ours
     result = run(cfg)
-    footer = (f"_{'quick' if args.quick else 'full'} run, measured in "
-              f"{time.perf_counter() - t_start:.0f} s_")
-    text = report(result, cpu.stop(), footer)
+    text = report(result, cpu.stop(), footer_line(args.quick, t_start))
     print(text)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernels.md").write_text(text + "\n")
     plot(result.res, cfg, args.out / "kernels.png",
-         f"mean BCE on logits, float64 — {cpu_model()}")
+         f"mean BCE on logits, float64 — {cpu_model(isa=True)}")
     log(f"wrote {args.out / 'kernels.png'} and {args.out / 'kernels.md'}")
     return 0
 

@@ -42,17 +42,9 @@ Writes ``<out>/oip.md`` (also printed) and ``<out>/oip.json``; server logs go to
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import http.client
-import json
-import math
 import os
-import platform
-import resource
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -60,13 +52,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-# bench/ holds kernels.py and service.py: keep it off sys.path so that they cannot shadow
-# the `kernels` and `service` packages; put the checkout first.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))  # as the Makefile
+# bench/ is sys.path[0] until use_checkout() takes it off
+from _common import (BENCH_DIR, BadResponse, Check, CpuMeter, Server, asgi_lifespan, checks_table,
+                     child_env, exit_code, fmt, footer_line, free_port, goals_json,
+                     http_environment, json_head, load_at_start, load_head, log, lossd_server,
+                     make_data, md_table, receive_body, servers_cpu_s, start_all, stop_all,
+                     stop_on_sigterm, use_checkout, write_report)
+
+use_checkout()
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -85,7 +78,6 @@ LEGEND = {
 }
 GOAL_N = 10**6
 GOAL_VS_JSON, GOAL_VS_SINK = 20.0, 0.3
-BUSY_LOAD = 0.5  # 1-minute load above this on 2 cores: the figures are pessimistic
 
 
 # ------------------------------------------------------------------------------ sink
@@ -94,21 +86,10 @@ async def sink_app(scope, receive, send) -> None:
     """The ceiling: receives the whole body (every chunk, none kept), answers 200 with an
     empty body. Any path, any method (GET /healthz is the readiness probe)."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    if scope["type"] != "http":
+        await asgi_lifespan(receive, send)
         return
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        more = message.get("more_body", False)
+    if scope["type"] != "http" or await receive_body(receive, keep=False) is None:
+        return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
     await send({"type": "http.response.body", "body": b""})
 
@@ -146,135 +127,18 @@ QUICK = Config(sizes=(10**3, 10**4), budget_s=0.1, min_requests=3, max_requests=
 
 # --------------------------------------------------------------------------- servers
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the benchmark dies, even by SIGKILL."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    ready_path: str
-    log_path: Path
-    env: dict[str, str]
-    port: int
-    proc: subprocess.Popen | None = None
-    startup_s: float = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "wb")
-        self._t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent)
-
-    def poll_ready(self, client) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} before it was "
-                               f"ready; log {self.log_path}:\n{self.log_tail()}")
-        try:
-            r = client.get(self.url + self.ready_path, timeout=2.0)
-        except httpx.TransportError:
-            return False
-        if r.status_code == 200:
-            self.startup_s = time.perf_counter() - self._t0
-            return True
-        return False
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def cpu_s(self) -> float:
-        try:
-            import psutil
-
-            t = psutil.Process(self.proc.pid).cpu_times()
-            return t.user + t.system + t.children_user + t.children_system
-        except Exception:  # noqa: BLE001 - only for the load report
-            return 0.0
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-
-def _child_env() -> dict[str, str]:
-    # the caller's LOSSD_* variables (a token, a port, threads) must not change the run
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSD_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
-def lossd_server(out: Path, max_body: int, access_log: bool) -> Server:
-    port = free_port()
-    exe = Path(sys.executable).parent / "lossd"
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "service"]
-    env = _child_env()
-    env["LOSSD_ACCESS_LOG"] = "true" if access_log else "false"
-    cmd = [*base, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--log-level", "warning", "--max-body-bytes", str(max_body)]
-    return Server("lossd", cmd, "/readyz", out / "oip-lossd.log", env, port)
+def oip_lossd_server(out: Path, max_body: int, access_log: bool) -> Server:
+    """lossd with a body limit that admits the largest body of the run."""
+    return lossd_server(out / "oip-lossd.log", access_log, ["--max-body-bytes", str(max_body)])
 
 
 def sink_server(out: Path) -> Server:
     port = free_port()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-sink", str(port)]
-    return Server(SINK, cmd, "/healthz", out / "oip-sink.log", _child_env(), port)
-
-
-def start_all(servers: Sequence[Server], client, timeout_s: float) -> None:
-    for s in servers:
-        s.start()
-    waiting = list(servers)
-    deadline = time.perf_counter() + timeout_s
-    while waiting:
-        waiting = [s for s in waiting if not s.poll_ready(client)]
-        if waiting and time.perf_counter() > deadline:
-            raise RuntimeError(f"not ready after {timeout_s:.0f} s: "
-                               + ", ".join(s.name for s in waiting) + "\n"
-                               + "\n".join(s.log_tail() for s in waiting))
-        if waiting:
-            time.sleep(0.1)
-    for s in servers:
-        log(f"{s.name} ready on {s.url} after {s.startup_s:.1f} s")
+    return Server(SINK, cmd, "/healthz", out / "oip-sink.log", child_env(), port)
 
 
 # --------------------------------------------------------------------------- data
-
-def make_data(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    s = rng.normal(0.0, 3.0, n)
-    y = (rng.random(n) < 0.5).astype(np.float64)
-    return s, y
-
 
 @dataclass(frozen=True)
 class Request:
@@ -365,10 +229,6 @@ class Cell:
                 "mean_ms": float(np.mean(self.times)) * 1e3, "loss": self.loss}
 
 
-class BadResponse(RuntimeError):
-    pass
-
-
 @dataclass
 class Reply:
     status_code: int
@@ -430,19 +290,6 @@ def request_once(client, url: str, req: Request, cell: Cell, timed: bool = True)
 
 # --------------------------------------------------------------------------- run
 
-@dataclass(frozen=True)
-class Check:
-    goal: str
-    measured: str
-    target: str
-    ok: bool | None  # None: not measured
-    note: str = ""
-
-    @property
-    def verdict(self) -> str:
-        return "n/a" if self.ok is None else "PASS" if self.ok else "FAIL"
-
-
 @dataclass
 class Run:
     cfg: Config
@@ -484,7 +331,7 @@ def run(cfg: Config, out: Path, json_max_n: int, oip_json_max_n: int, access_log
     log("expected answers from kernels.loss in this process ...")
     for n in cfg.sizes:
         r.expected[n] = kernels.loss(s_all[:n], y_all[:n]).loss
-    servers = [lossd_server(out, max_body, access_log), sink_server(out)]
+    servers = [oip_lossd_server(out, max_body, access_log), sink_server(out)]
     by_name = {s.name: s for s in servers}
     limits = httpx.Limits(max_connections=len(servers), max_keepalive_connections=len(servers))
     # trust_env=False: a proxy from the environment must not carry loopback traffic
@@ -493,7 +340,7 @@ def run(cfg: Config, out: Path, json_max_n: int, oip_json_max_n: int, access_log
             log("starting lossd and the sink ...")
             start_all(servers, client, cfg.startup_s)
             for s in servers:
-                r.servers[s.name] = {"cmd": " ".join(s.cmd), "startup_s": s.startup_s, "log": str(s.log_path)}
+                r.servers[s.name] = s.info()
             for n, impls in which.items():
                 s, y = s_all[:n], y_all[:n]
                 reqs = {}
@@ -539,10 +386,7 @@ def run(cfg: Config, out: Path, json_max_n: int, oip_json_max_n: int, access_log
                     if np.float64(c.loss).view(np.uint64) != np.float64(want).view(np.uint64):
                         r.errors.append(f"{impl} n={n:.0e}: loss {c.loss!r} != kernels.loss {want!r}")
         finally:
-            for s in servers:
-                if s.name in r.servers:
-                    r.servers[s.name]["cpu_s"] = s.cpu_s()
-                s.stop()
+            stop_all(servers, r.servers)
     return r
 
 
@@ -567,19 +411,8 @@ def goal_checks(r: Run) -> list[Check]:
 
 # --------------------------------------------------------------------------- output
 
-def fmt(x: float) -> str:
-    if x >= 100:
-        return f"{x:.0f}"
-    return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
-
-
 def eng(x: float) -> str:
     return f"{x:.3g}" if x < 1e3 else f"{x:.3e}".replace("e+0", "e").replace("e+", "e")
-
-
-def md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    lines = [header, ["---"] * len(header), *body]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
 def results_table(r: Run) -> str:
@@ -616,74 +449,15 @@ def ratio_table(r: Run) -> str:
             "(same bytes, no work) that lossd reaches.")
 
 
-def checks_table(checks: Sequence[Check]) -> str:
-    return md_table(["goal", "measured", "target", "result", "note"],
-                    [[c.goal, c.measured, c.target, c.verdict, c.note] for c in checks])
-
-
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")]
-    return names[0] if names else platform.processor()
-
-
-class CpuMeter:
-    """CPU time used by processes other than this benchmark and its servers."""
-
-    def __init__(self) -> None:
-        self.t0, self.busy0 = self._busy()
-        self.self0 = self._own()
-
-    @staticmethod
-    def _busy() -> tuple[float, float]:
-        try:
-            import psutil
-        except ImportError:
-            return time.perf_counter(), math.nan
-        c = psutil.cpu_times()
-        return time.perf_counter(), c.user + c.nice + c.system + c.irq + c.softirq
-
-    @staticmethod
-    def _own() -> float:
-        u = resource.getrusage(resource.RUSAGE_SELF)
-        return u.ru_utime + u.ru_stime
-
-    def others(self, servers_cpu_s: float) -> float:
-        t1, busy1 = self._busy()
-        ours = self._own() - self.self0 + servers_cpu_s
-        return max(0.0, (busy1 - self.busy0) - ours) / (t1 - self.t0)
-
-
 def environment(r: Run, load0: tuple, load1: tuple, others: float) -> list[tuple[str, str]]:
-    import fastapi
-    import uvicorn
-
-    cores = len(os.sched_getaffinity(0))
-    rows = [
-        ("CPU", f"{cpu_model()}, {cores} cores usable"),
-        ("load average at start (1, 5, 15 min)", ", ".join(f"{x:.2f}" for x in load0)),
-        ("load average at end", ", ".join(f"{x:.2f}" for x in load1)),
-        ("CPU used by other processes during the run",
-         "unknown (no psutil)" if math.isnan(others) else f"{others:.2f} of {cores} cores"),
-        ("Python", platform.python_version()),
-        ("versions", f"fastapi {fastapi.__version__}, uvicorn {uvicorn.__version__}, httpx {httpx.__version__}, "
-                     f"orjson {orjson.__version__}, numpy {np.__version__}"),
-    ]
-    for name, info in r.servers.items():
-        rows.append((f"{name} server", f"`{info['cmd']}`, ready after {info['startup_s']:.1f} s"
-                     + (f", {info['cpu_s']:.1f} CPU s in all" if "cpu_s" in info else "")))
-    return rows
+    return http_environment(load0, load1, others, r.servers,
+                            ("fastapi", "uvicorn", "httpx", "orjson", "numpy"))
 
 
 def report(r: Run, checks: list[Check], env: list[tuple[str, str]], load0: tuple, footer: str) -> str:
-    cores = len(os.sched_getaffinity(0))
-    head = ("## lossd OIP benchmark: binary tensors vs JSON, mean cross-entropy on logits "
-            "(s ~ N(0, 3²), labels 0/1, float64)\n\n"
-            f"Load average at start: {', '.join(f'{x:.2f}' for x in load0)} on {cores} cores.")
-    if load0[0] > BUSY_LOAD:
-        head += (f"\n\n**Warning: the machine was busy at the start (1-minute load {load0[0]:.2f}); "
-                 f"on {cores} cores the client and the servers compete with it and absolute figures "
-                 "are pessimistic. Ratios from the same run hold up better.**")
+    head = load_head("## lossd OIP benchmark: binary tensors vs JSON, mean cross-entropy on logits "
+                     "(s ~ N(0, 3²), labels 0/1, float64)", load0, "the servers",
+                     "Ratios from the same run hold up better.")
     sections = [head, "## Results", results_table(r), "## Ratios (same run)", ratio_table(r),
                 "## Goal checks", checks_table(checks)]
     if r.not_measured:
@@ -696,17 +470,12 @@ def report(r: Run, checks: list[Check], env: list[tuple[str, str]], load0: tuple
 
 def to_json(r: Run, checks: list[Check], env, load0, load1, quick: bool) -> dict:
     return {
-        "quick": quick,
-        "config": r.cfg.__dict__,
-        "load_average_start": load0,
-        "load_average_end": load1,
-        "cells": [c.summary() for c in r.cells.values() if c.times],
+        **json_head(quick, r.cfg, load0, load1, [c.summary() for c in r.cells.values() if c.times]),
         "ratios": [{"n": n, "binary_vs_json": r.ratio(OIP_BIN, JSON_LOSS, n),
                     "binary_vs_sink": r.ratio(OIP_BIN, SINK, n),
                     "oip_json_vs_json": r.ratio(OIP_JSON, JSON_LOSS, n)} for n in r.cfg.sizes],
         "expected_loss": {str(n): v for n, v in r.expected.items()},
-        "goals": [{"goal": c.goal, "measured": c.measured, "target": c.target, "result": c.verdict,
-                   "note": c.note} for c in checks],
+        "goals": goals_json(checks),
         "not_measured": r.not_measured,
         "servers": r.servers,
         "environment": dict(env),
@@ -735,32 +504,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve_sink is not None:
         serve_sink(args.serve_sink)
         return 0
-    global np
-    # SIGTERM (a CI timeout) must still reach the finally that stops the servers
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stop_on_sigterm()
     cfg = QUICK if args.quick else FULL
     args.out.mkdir(parents=True, exist_ok=True)
-    load0 = os.getloadavg()
-    log(f"load average at start: {', '.join(f'{x:.2f}' for x in load0)}")
-    if load0[0] > BUSY_LOAD:
-        log("WARNING: the machine is busy; the figures will be pessimistic")
+    load0 = load_at_start()
     t_start, cpu = time.perf_counter(), CpuMeter()
     r = run(cfg, args.out, int(args.json_max_n), int(args.oip_json_max_n), not args.no_lossd_access_log)
     load1 = os.getloadavg()
-    others = cpu.others(sum(s.get("cpu_s", 0.0) for s in r.servers.values()))
+    others, _ = cpu.stop(servers_cpu_s(r.servers))
     checks = goal_checks(r)
     env = environment(r, load0, load1, others)
-    footer = f"_{'quick' if args.quick else 'full'} run, measured in {time.perf_counter() - t_start:.0f} s_"
-    text = report(r, checks, env, load0, footer)
-    print(text)
-    (args.out / "oip.md").write_text(text + "\n")
-    (args.out / "oip.json").write_text(json.dumps(to_json(r, checks, env, load0, load1, args.quick),
-                                                  indent=2) + "\n")
-    log(f"wrote {args.out / 'oip.md'} and {args.out / 'oip.json'}")
-    if r.errors:
-        log("ERRORS:\n" + "\n".join(r.errors))
-        return 1
-    return 0
+    write_report(args.out, "oip", report(r, checks, env, load0, footer_line(args.quick, t_start)),
+                 to_json(r, checks, env, load0, load1, args.quick))
+    return exit_code(r.errors)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import numpy as np
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
+from bench._common import asgi_lifespan, receive_body  # uvicorn imports this as bench.plain_app
+
 
 class Req(BaseModel):
     predictions: list[float]
@@ -91,22 +93,13 @@ async def floor_app(scope, receive, send) -> None:
     Under the same uvicorn settings it costs what any server pays to move the same bytes
     (client, loopback, httptools, ASGI), so latency above it is the server's own work."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await asgi_lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
-    chunks, more = [], True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
+    chunks = await receive_body(receive, keep=True)
+    if chunks is None:
+        return
     b"".join(chunks)  # as Starlette's request.body() does
     size = 2
     for k, v in scope["headers"]:

@@ -22,31 +22,24 @@ are more trustworthy than the absolute numbers; the load average is recorded.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
-import json
 import math
 import os
-import platform
-import resource
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-# This file is named service.py: keep its directory off sys.path so that nothing here
-# can shadow the `service` package (the servers run in their own processes anyway).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-sys.path.insert(0, str(REPO))
-# Same default as the Makefile; the lossd server inherits it (its compiled kernels are
-# then loaded from the cache instead of compiled at every start).
-os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
+# bench/ is sys.path[0] until use_checkout() takes it off: this file is named service.py
+# and must not shadow the `service` package
+from _common import (BENCH_DIR, BadResponse, Check, CpuMeter, Server, checks_table, child_env,
+                     exit_code, fmt, footer_line, free_port, goals_json, http_environment,
+                     json_head, load_at_start, load_head, log, lossd_server, make_data, md_table,
+                     servers_cpu_s, start_all, stop_all, stop_on_sigterm, use_checkout,
+                     write_report)
+
+use_checkout()
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -100,108 +93,6 @@ QUICK = Config(sizes=(10, 1000), lossd_only=(), rounds=1, budget_s=0.1, min_requ
 # --------------------------------------------------------------------------- servers
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM when this benchmark dies, even by SIGKILL
-    (a test timeout), so no server outlives it holding a port and a core."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    ready_path: str
-    log_path: Path
-    env: dict[str, str]
-    port: int
-    proc: subprocess.Popen | None = None
-    ready_info: object = None
-    startup_s: float = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "wb")
-        self._t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent)
-
-    def poll_ready(self, client: httpx.Client) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} before "
-                               f"it was ready; log {self.log_path}:\n{self.log_tail()}")
-        try:
-            r = client.get(self.url + self.ready_path, timeout=2.0)
-        except httpx.TransportError:
-            return False
-        if r.status_code == 200:
-            self.ready_info = r.json()
-            self.startup_s = time.perf_counter() - self._t0
-            return True
-        return False
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def cpu_s(self) -> float:
-        """CPU seconds the server used so far (0 if psutil is missing or it is gone)."""
-        try:
-            import psutil
-
-            t = psutil.Process(self.proc.pid).cpu_times()
-            return t.user + t.system + t.children_user + t.children_system
-        except Exception:  # noqa: BLE001 - only used for the load report
-            return 0.0
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-
-def _child_env() -> dict[str, str]:
-    # LOSSD_* variables of the caller (a token, a port, threads) must not change the run.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSD_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
-def lossd_server(out: Path, access_log: bool) -> Server:
-    port = free_port()
-    exe = Path(sys.executable).parent / "lossd"
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "service"]
-    env = _child_env()
-    env["LOSSD_ACCESS_LOG"] = "true" if access_log else "false"
-    cmd = [*base, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--log-level", "warning"]
-    return Server(LOSSD, cmd, "/readyz", out / "service-lossd.log", env, port)
-
-
 def plain_server(out: Path, name: str = PLAIN, app: str = "app") -> Server:
     port = free_port()
     # exactly the uvicorn settings `lossd serve` uses (service/cli.py)
@@ -209,24 +100,7 @@ def plain_server(out: Path, name: str = PLAIN, app: str = "app") -> Server:
            "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
            "--no-access-log", "--log-level", "warning"]
     slug = name.replace(" ", "-")
-    return Server(name, cmd, "/healthz", out / f"service-{slug}.log", _child_env(), port)
-
-
-def start_all(servers: Sequence[Server], client: httpx.Client, timeout_s: float) -> None:
-    for s in servers:
-        s.start()
-    waiting = list(servers)
-    deadline = time.perf_counter() + timeout_s
-    while waiting:
-        waiting = [s for s in waiting if not s.poll_ready(client)]
-        if waiting and time.perf_counter() > deadline:
-            names = ", ".join(s.name for s in waiting)
-            raise RuntimeError(f"not ready after {timeout_s:.0f} s: {names}\n"
-                               + "\n".join(s.log_tail() for s in waiting))
-        if waiting:
-            time.sleep(0.1)
-    for s in servers:
-        log(f"{s.name} ready on {s.url} after {s.startup_s:.1f} s")
+    return Server(name, cmd, "/healthz", out / f"service-{slug}.log", child_env(), port)
 
 
 # --------------------------------------------------------------------------- data
@@ -237,13 +111,6 @@ class Case:
     n: int
     reduction: str
     body: bytes
-
-
-def make_data(n_max: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    s = rng.normal(0.0, 3.0, n_max)
-    y = (rng.random(n_max) < 0.5).astype(np.float64)
-    return s, y
 
 
 def make_body(s: np.ndarray, y: np.ndarray, reduction: str) -> bytes:
@@ -283,10 +150,6 @@ class Cell:
                 **{f"p{q}_ms": self.pct(q) * 1e3 for q in (50, 90, 99)},
                 "min_ms": min(self.times) * 1e3, "max_ms": max(self.times) * 1e3,
                 "mean_ms": float(np.mean(self.times)) * 1e3}
-
-
-class BadResponse(RuntimeError):
-    pass
 
 
 def post(client: httpx.Client, url: str, body: bytes,
@@ -400,19 +263,6 @@ def agreement(lossd: dict, plain: dict, reduction: str) -> tuple[float, str]:
     return worst, note
 
 
-@dataclass(frozen=True)
-class Check:
-    goal: str
-    measured: str
-    target: str
-    ok: bool | None  # None: not measured in this run
-    note: str = ""
-
-    @property
-    def verdict(self) -> str:
-        return "n/a" if self.ok is None else "PASS" if self.ok else "FAIL"
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -441,7 +291,7 @@ class Run:
 
 
 def run(cfg: Config, out: Path, typed: bool, access_log: bool) -> Run:
-    servers = [lossd_server(out, access_log), plain_server(out)]
+    servers = [lossd_server(out / "service-lossd.log", access_log), plain_server(out)]
     if typed:
         servers.append(plain_server(out, PLAIN_TYPED, "typed_app"))
     servers.append(plain_server(out, FLOOR, "floor_app"))  # lossd first: it sets the size
@@ -455,8 +305,7 @@ def run(cfg: Config, out: Path, typed: bool, access_log: bool) -> Run:
             log(f"starting {', '.join(s.name for s in servers)} ...")
             start_all(servers, client, cfg.startup_s)
             for s in servers:
-                r.servers[s.name] = {"cmd": " ".join(s.cmd), "startup_s": s.startup_s,
-                                     "ready": s.ready_info, "log": str(s.log_path)}
+                r.servers[s.name] = s.info(ready=True)
             for n in sorted(cfg.sizes + cfg.lossd_only):
                 here = servers if n in cfg.sizes else servers[:1]
                 for red in REDUCTIONS:
@@ -464,10 +313,7 @@ def run(cfg: Config, out: Path, typed: bool, access_log: bool) -> Run:
                     log(f"n={n:.0e} {red}: body {len(case.body) / 1e6:.3g} MB ...")
                     run_case(r, client, here, case, bare_n)
         finally:
-            for s in servers:
-                if s.name in r.servers:
-                    r.servers[s.name]["cpu_s"] = s.cpu_s()  # startup included
-                s.stop()
+            stop_all(servers, r.servers)
     return r
 
 
@@ -534,17 +380,6 @@ def goal_checks(r: Run) -> list[Check]:
 
 
 # --------------------------------------------------------------------------- output
-
-
-def fmt(x: float) -> str:
-    if x >= 100:
-        return f"{x:.0f}"
-    return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
-
-
-def md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    lines = [header, ["---"] * len(header), *body]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
 def results_table(r: Run) -> str:
@@ -615,82 +450,16 @@ def bare_table(r: Run) -> str:
             "beyond moving the bytes and the bare data cost (kernel, validation, framework).")
 
 
-def checks_table(checks: Sequence[Check]) -> str:
-    return md_table(["goal", "measured", "target", "result", "note"],
-                    [[c.goal, c.measured, c.target, c.verdict, c.note] for c in checks])
-
-
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [ln.split(":", 1)[1].strip() for ln in info.splitlines()
-             if ln.startswith("model name")]
-    return names[0] if names else platform.processor()
-
-
-class CpuMeter:
-    """CPU time used by processes other than this benchmark and its servers."""
-
-    def __init__(self) -> None:
-        self.t0, self.busy0 = self._busy()
-        self.self0 = self._own()
-
-    @staticmethod
-    def _busy() -> tuple[float, float]:
-        try:
-            import psutil
-        except ImportError:
-            return time.perf_counter(), math.nan
-        c = psutil.cpu_times()
-        return time.perf_counter(), c.user + c.nice + c.system + c.irq + c.softirq
-
-    @staticmethod
-    def _own() -> float:
-        u = resource.getrusage(resource.RUSAGE_SELF)
-        return u.ru_utime + u.ru_stime
-
-    def others(self, servers_cpu_s: float) -> float:
-        """Cores used by other processes, averaged over the run."""
-        t1, busy1 = self._busy()
-        ours = self._own() - self.self0 + servers_cpu_s
-        return max(0.0, (busy1 - self.busy0) - ours) / (t1 - self.t0)
-
-
 def environment(r: Run, load0: tuple, load1: tuple, others: float) -> list[tuple[str, str]]:
-    import fastapi
-    import pydantic
-    import uvicorn
-
-    cores = len(os.sched_getaffinity(0))
-    rows = [
-        ("CPU", f"{cpu_model()}, {cores} cores usable"),
-        ("load average at start (1, 5, 15 min)", ", ".join(f"{x:.2f}" for x in load0)),
-        ("load average at end", ", ".join(f"{x:.2f}" for x in load1)),
-        ("CPU used by other processes during the run",
-         "unknown (no psutil)" if math.isnan(others) else f"{others:.2f} of {cores} cores"),
-        ("Python", platform.python_version()),
-        ("versions", f"fastapi {fastapi.__version__}, uvicorn {uvicorn.__version__}, "
-                     f"pydantic {pydantic.__version__}, httpx {httpx.__version__}, "
-                     f"orjson {orjson.__version__}, numpy {np.__version__}"),
-    ]
-    for name, info in r.servers.items():
-        rows.append((f"{name} server", f"`{info['cmd']}`, ready after {info['startup_s']:.1f} s"
-                     + (f", {info['cpu_s']:.1f} CPU s in all" if "cpu_s" in info else "")))
-    return rows
-
-
-BUSY_LOAD = 0.5  # 1-minute load above this on 2 cores: say the figures are pessimistic
+    return http_environment(load0, load1, others, r.servers,
+                            ("fastapi", "uvicorn", "pydantic", "httpx", "orjson", "numpy"))
 
 
 def report(r: Run, checks: list[Check], env: list[tuple[str, str]], load0: tuple,
            footer: str) -> str:
-    cores = len(os.sched_getaffinity(0))
-    head = (f"## lossd HTTP benchmark: POST /loss, binary cross-entropy on logits "
-            f"(s ~ N(0, 3²), labels 0/1)\n\nLoad average at start: "
-            f"{', '.join(f'{x:.2f}' for x in load0)} on {cores} cores.")
-    if load0[0] > BUSY_LOAD:
-        head += (f"\n\n**Warning: the machine was busy at the start (1-minute load "
-                 f"{load0[0]:.2f}); on {cores} cores the client and the server compete with "
-                 "it and absolute figures are pessimistic. Rerun when idle before judging.**")
+    head = load_head("## lossd HTTP benchmark: POST /loss, binary cross-entropy on logits "
+                     "(s ~ N(0, 3²), labels 0/1)", load0, "the server",
+                     "Rerun when idle before judging.")
     sections = [head, "## Results", results_table(r), "## Ratios (same run)", ratio_table(r)]
     if r.bare:
         sections += ["## End-to-end vs the bare cost of the data", bare_table(r)]
@@ -704,11 +473,8 @@ def report(r: Run, checks: list[Check], env: list[tuple[str, str]], load0: tuple
 def to_json(r: Run, checks: list[Check], env: list[tuple[str, str]], load0: tuple,
             load1: tuple, quick: bool) -> dict:
     return {
-        "quick": quick,
-        "config": r.cfg.__dict__,
-        "load_average_start": load0,
-        "load_average_end": load1,
-        "cells": [c.summary() for c in r.cells.values() if c.times],
+        **json_head(quick, r.cfg, load0, load1,
+                    [c.summary() for c in r.cells.values() if c.times]),
         "ratios": [{"n": n, "reduction": red, "base": b, "rps_ratio": r.ratio(n, red, b)}
                    for n in r.cfg.sizes for red in REDUCTIONS
                    for b in (PLAIN, PLAIN_TYPED) if b in r.impls],
@@ -719,8 +485,7 @@ def to_json(r: Run, checks: list[Check], env: list[tuple[str, str]], load0: tupl
                                for n in r.cfg.sizes + r.cfg.lossd_only for red in REDUCTIONS],
         "agreement": [{"n": n, "reduction": red, "max_rel_diff": d}
                       for (n, red), (d, _) in r.agree.items()],
-        "goals": [{"goal": c.goal, "measured": c.measured, "target": c.target,
-                   "result": c.verdict, "note": c.note} for c in checks],
+        "goals": goals_json(checks),
         "servers": r.servers,
         "environment": dict(env),
         "errors": r.errors,
@@ -747,35 +512,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM (a CI timeout) must still reach the finally that stops the servers
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stop_on_sigterm()
     cfg = QUICK if args.quick else FULL
     if args.million:
         cfg = Config(**{**cfg.__dict__, "lossd_only": (10**6,)})
     args.out.mkdir(parents=True, exist_ok=True)
 
-    load0 = os.getloadavg()
-    log(f"load average at start: {', '.join(f'{x:.2f}' for x in load0)}")
-    if load0[0] > BUSY_LOAD:
-        log("WARNING: the machine is busy; the figures will be pessimistic")
+    load0 = load_at_start()
     t_start, cpu = time.perf_counter(), CpuMeter()
     r = run(cfg, args.out, args.typed, not args.no_lossd_access_log)
     load1 = os.getloadavg()
-    others = cpu.others(sum(s.get("cpu_s", 0.0) for s in r.servers.values()))
+    others, _ = cpu.stop(servers_cpu_s(r.servers))
     checks = goal_checks(r)
     env = environment(r, load0, load1, others)
-    footer = (f"_{'quick' if args.quick else 'full'} run, measured in "
-              f"{time.perf_counter() - t_start:.0f} s_")
-    text = report(r, checks, env, load0, footer)
-    print(text)
-    (args.out / "service.md").write_text(text + "\n")
-    (args.out / "service.json").write_text(
-        json.dumps(to_json(r, checks, env, load0, load1, args.quick), indent=2) + "\n")
-    log(f"wrote {args.out / 'service.md'} and {args.out / 'service.json'}")
-    if r.errors:
-        log("ERRORS:\n" + "\n".join(r.errors))
-        return 1
-    return 0
+    text = report(r, checks, env, load0, footer_line(args.quick, t_start))
+    write_report(args.out, "service", text, to_json(r, checks, env, load0, load1, args.quick))
+    return exit_code(r.errors)
 
 
 if __name__ == "__main__":
