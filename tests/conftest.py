@@ -13,3 +13,16 @@ import kernels
 @pytest.fixture(scope="session", autouse=True)
 def _warm_kernels() -> None:
     kernels.warmup()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A real ``lossd serve`` on a free 127.0.0.1 port with default settings, one per test
+    module that asks for it (modules needing other settings define their own)."""
+    from service_helpers import lossd_serve
+
+    s = lossd_serve()
+    try:
+        yield s.start()
+    finally:
+        s.close()

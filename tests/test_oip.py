@@ -29,8 +29,6 @@ import service
 from service import Settings, create_app
 from service.codec_oip import decode_request
 
-from service_helpers import lossd_serve
-
 tritonclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
 
@@ -44,15 +42,6 @@ TIMEOUT = 30.0
 
 
 # ------------------------------------------------------------------------------ fixtures
-
-@pytest.fixture(scope="module")
-def server():
-    s = lossd_serve()
-    try:
-        yield s.start()
-    finally:
-        s.close()
-
 
 @pytest.fixture(scope="module")
 def triton(server):

@@ -38,15 +38,6 @@ SMALL_LIMIT = 4096
 
 
 @pytest.fixture(scope="module")
-def server():
-    s = lossd_serve()
-    try:
-        yield s.start()
-    finally:
-        s.close()
-
-
-@pytest.fixture(scope="module")
 def small_server():
     """``python -m service serve`` with the body limit from LOSSD_MAX_BODY_BYTES."""
     s = ServerProcess([sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", "{port}"],
