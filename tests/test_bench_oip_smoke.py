@@ -14,18 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_helpers import md_rows
+
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("JSON /loss", "OIP binary", "OIP JSON", "sink")  # first cell of each results row
 QUICK_SIZES = ("1e+03", "1e+04")
-
-
-def _rows(text: str, label: str) -> list[list[str]]:
-    rows = []
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == label:
-            rows.append(cells[1:])
-    return rows
 
 
 def test_bench_oip_quick_runs_and_reports(tmp_path: Path) -> None:
@@ -41,11 +34,11 @@ def test_bench_oip_quick_runs_and_reports(tmp_path: Path) -> None:
     assert md.strip() == proc.stdout.strip()
     assert "Load average at start" in md and "load average at end" in md
     for label in CASES:
-        rows = _rows(md, label)
+        rows = md_rows(md, label)
         assert [r[0] for r in rows] == list(QUICK_SIZES), f"{label}: {rows}\n{md}"
         for n, body_mb, requests, eps, mbps, p50, p99 in rows:
             assert int(requests) > 0 and float(eps) > 0 and 0 < float(p50) <= float(p99)
-    ratio_rows = [r for n in QUICK_SIZES for r in _rows(md, n)]
+    ratio_rows = [r for n in QUICK_SIZES for r in md_rows(md, n)]
     assert len(ratio_rows) == len(QUICK_SIZES) and all(r[-1].startswith("yes") for r in ratio_rows), md
 
     data = json.loads(json_path.read_text())

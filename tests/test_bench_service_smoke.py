@@ -12,18 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_helpers import md_rows
+
 REPO = Path(__file__).resolve().parents[1]
 # Row labels of the results table (first cell of each row).
 IMPLEMENTATIONS = ("lossd", "plain", "HTTP floor")
-
-
-def _rows(text: str, label: str) -> list[list[str]]:
-    rows = []
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == label:
-            rows.append(cells[1:])
-    return rows
 
 
 def test_bench_service_quick_runs_and_reports_both_servers(tmp_path: Path) -> None:
@@ -37,7 +30,7 @@ def test_bench_service_quick_runs_and_reports_both_servers(tmp_path: Path) -> No
     md = (tmp_path / "service.md").read_text()
     assert md.strip() == proc.stdout.strip()
     for label in IMPLEMENTATIONS:
-        rows = _rows(md, label)
+        rows = md_rows(md, label)
         # quick mode: n = 10 and 1000, reductions mean and none
         assert len(rows) == 4, f"{label}: {rows}\n{md}"
         for row in rows:
