@@ -23,23 +23,33 @@ except ImportError:  # pragma: no cover - a declared dependency; orjson alone st
 
 # JSON has no non-finite numbers. Requests may spell them as these strings (pydantic's
 # ser_json_inf_nan="strings") or as the bare tokens Python's json module writes.
-_NONFINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "+Infinity": math.inf, "NaN": math.nan}
+NONFINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "+Infinity": math.inf, "NaN": math.nan}
+
+
+def loads(raw: bytes | memoryview) -> Any:
+    """Parse JSON; ``ValueError`` saying why when it is not valid.
+
+    orjson refuses the bare Infinity/-Infinity/NaN tokens that json.dumps writes; only
+    bodies holding such a token pay for the stdlib parser (and a copy of a pooled buffer).
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raw = bytes(raw)
+        if b"Infinity" not in raw and b"NaN" not in raw:
+            raise ValueError(str(exc)) from None
+    try:
+        return json.loads(raw, parse_float=finite_float)
+    except RecursionError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def decode_body(body: bytes | memoryview) -> dict[str, Any]:
     """Parse a request body into a dict; 422 for anything but a JSON object."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        body = bytes(body)  # the rare slow path may copy a pooled buffer
-        # orjson refuses the bare Infinity/-Infinity/NaN tokens that json.dumps writes;
-        # only such bodies pay for the stdlib parser.
-        if b"Infinity" not in body and b"NaN" not in body:
-            raise RequestError.invalid_json(str(exc)) from None
-        try:
-            data = json.loads(body, parse_float=finite_float)
-        except (ValueError, RecursionError) as exc2:
-            raise RequestError.invalid_json(str(exc2)) from None
+        data = loads(body)
+    except ValueError as exc:
+        raise RequestError.invalid_json(str(exc)) from None
     if not isinstance(data, dict):
         raise RequestError.at((), f"the body must be a JSON object, got {type(data).__name__}",
                               kind="model_type")
@@ -136,22 +146,25 @@ def to_array(name: str, value: Any, dtype: np.dtype | type = np.float64) -> np.n
     return arr.astype(dtype)
 
 
+def to_float32(wide: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """``wide`` as float32, and the flat index of the first finite value that became
+    infinite (it would silently change the loss), or None."""
+    with np.errstate(over="ignore"):  # overflow is found (and named by the caller) below
+        narrow = wide.astype(np.float32)
+    if np.isfinite(narrow).all():
+        return narrow, None
+    over = (np.isinf(narrow) & np.isfinite(wide)).reshape(-1)
+    return narrow, (int(np.flatnonzero(over)[0]) if over.any() else None)
+
+
 def _narrow(name: str, arr: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # overflow is checked (and named) below
-        out = arr.astype(np.float32)
-    if not np.isfinite(out).all():
-        _refuse_float32_overflow(name, arr, out)
-    return out
-
-
-def _refuse_float32_overflow(name: str, wide: np.ndarray, narrow: np.ndarray) -> None:
-    # a finite number that float32 cannot hold would silently become infinite
-    over = np.isinf(narrow) & np.isfinite(wide)
-    if over.any():
-        where = np.unravel_index(int(np.flatnonzero(over)[0]), wide.shape)
-        at = "".join(f"[{int(i)}]" for i in where)
-        raise RequestError.at((name, *map(int, where)), f"{name}{at} = {float(wide[where])!r} is beyond the "
+    out, bad = to_float32(arr)
+    if bad is not None:
+        where = tuple(int(i) for i in np.unravel_index(bad, arr.shape))
+        at = "".join(f"[{i}]" for i in where)
+        raise RequestError.at((name, *where), f"{name}{at} = {float(arr[where])!r} is beyond the "
                               'float32 range (dtype = "float32")', kind="value_error")
+    return out
 
 
 def _slow_array(name: str, value: list, dtype) -> np.ndarray:
@@ -178,8 +191,8 @@ def _number(name: str, where: tuple[int, ...], v: Any) -> float:
             return float(v)
         except OverflowError:
             pass  # an integer beyond float range: reported below
-    if isinstance(v, str) and v in _NONFINITE:
-        return _NONFINITE[v]
+    if isinstance(v, str) and v in NONFINITE:
+        return NONFINITE[v]
     at = "".join(f"[{i}]" for i in where)
     raise RequestError.at((name, *where), f"{name}{at} = {_short(v)} is not a number", kind="float_type")
 
@@ -213,7 +226,7 @@ def _finite_safe(v: Any) -> Any:
         return v if math.isfinite(v) else _nonfinite_text(v)
     if isinstance(v, np.ndarray):
         if v.dtype.kind == "f" and not np.isfinite(v).all():
-            return _array_with_text(v)
+            return nonfinite_as_text(v)
         return v
     if isinstance(v, dict):
         return {k: _finite_safe(x) for k, x in v.items()}
@@ -226,7 +239,8 @@ def _nonfinite_text(v: float) -> str:
     return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
 
 
-def _array_with_text(a: np.ndarray) -> list:
+def nonfinite_as_text(a: np.ndarray) -> list:
+    """``a`` as (nested) lists with ±inf and NaN spelled as the contract's strings."""
     if a.ndim > 1:
-        return [_array_with_text(row) for row in a]
+        return [nonfinite_as_text(row) for row in a]
     return [x if math.isfinite(x) else _nonfinite_text(x) for x in a.tolist()]

@@ -10,7 +10,6 @@ Errors raise ``OipError`` (status 400, ``{"error": "..."}``).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .codec_json import finite_float
+from .codec_json import NONFINITE, loads, nonfinite_as_text, to_float32
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -58,19 +57,6 @@ class InferResponse:
     outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
-def _loads(raw: bytes | memoryview) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raw = bytes(raw)  # the rare slow path may copy a pooled buffer
-        if b"Infinity" in raw or b"NaN" in raw:  # json.dumps writes these bare tokens
-            try:
-                return json.loads(raw, parse_float=finite_float)
-            except (ValueError, RecursionError):
-                pass
-        raise OipError(f"the request header is not valid JSON: {exc}") from None
-
-
 def _param_bool(params: dict, key: str, where: str) -> bool | None:
     v = params.get(key)
     if v is None or isinstance(v, bool):
@@ -92,7 +78,10 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
         if hlen <= 0:
             raise OipError(f"Inference-Header-Content-Length = {hlen} must be positive (the JSON header's length)")
         header_raw, blob = body[:hlen], memoryview(body)[hlen:]
-    header = _loads(header_raw)
+    try:
+        header = loads(header_raw)
+    except ValueError as exc:
+        raise OipError(f"the request header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise OipError("the request must be a JSON object")
     unknown = set(header) - {"id", "inputs", "outputs", "parameters"}
@@ -179,9 +168,6 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
     return name, _json_tensor(name, t["data"], shape, dtname, dtype, count), 0
 
 
-_NONFINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "+Infinity": math.inf, "NaN": math.nan}
-
-
 def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.dtype, count: int) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
@@ -192,11 +178,11 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.
     if arr.dtype.kind not in "fiub":
         if dtname in FLOAT_TYPES and arr.dtype.kind in "OU":  # non-finite numbers written as strings
             flat = _flatten(data)  # from the list: NumPy turned its numbers into strings
-            bad = next((j for j, v in enumerate(flat) if not (isinstance(v, (int, float)) or (isinstance(v, str) and v in _NONFINITE))), None)
+            bad = next((j for j, v in enumerate(flat) if not (isinstance(v, (int, float)) or (isinstance(v, str) and v in NONFINITE))), None)
             if bad is not None:
                 raise OipError(f"input {name!r}: data[{bad}] = {flat[bad]!r} is not a number")
             try:
-                arr = np.array([_NONFINITE.get(v, v) if isinstance(v, str) else v for v in flat], dtype=dtype)
+                arr = np.array([NONFINITE.get(v, v) if isinstance(v, str) else v for v in flat], dtype=dtype)
             except OverflowError:
                 raise OipError(f"input {name!r}: data holds an integer beyond the {dtname} range") from None
         else:
@@ -204,11 +190,10 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.
     if arr.size != count:
         raise OipError(f"input {name!r}: data has {arr.size} elements, shape {shape} needs {count}")
     if dtname == "FP32" and arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
-        narrow = arr.astype(np.float32)
-        over = np.isinf(narrow) & np.isfinite(arr)
-        if over.any():  # a finite number would silently become infinite
-            j = int(np.flatnonzero(over.reshape(-1))[0])
+        narrow, j = to_float32(arr)
+        if j is not None:
             raise OipError(f"input {name!r}: data[{j}] = {float(arr.reshape(-1)[j])!r} is beyond the FP32 range")
+        arr = narrow
     if dtname == "BOOL" and arr.dtype.kind != "b":
         raise OipError(f"input {name!r}: BOOL data must be true/false")
     if dtname not in FLOAT_TYPES and arr.dtype.kind == "f":
@@ -272,6 +257,5 @@ def encode_response(resp: InferResponse, binary: dict[str, bool], parameters: di
 def _json_data(arr: np.ndarray):
     flat = arr.reshape(-1)
     if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-        return [x if math.isfinite(x) else ("NaN" if x != x else ("Infinity" if x > 0 else "-Infinity"))
-                for x in flat.tolist()]
+        return nonfinite_as_text(flat)
     return flat  # orjson writes it from the buffer
