@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("LOSSD_THREADS=%d is more than the %d CPUs available; using %d",
                         settings.threads, numba.config.NUMBA_NUM_THREADS, threads)
         kernels.set_threads(threads)
+        kernels.set_output_pool(settings.output_pool_bytes)
         readiness.start(settings.warmup)
         yield
         runner.shutdown()

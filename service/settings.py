@@ -53,6 +53,9 @@ class Settings(BaseModel):
     inline_bytes: int = Field(
         64 * 1024, ge=0,
         description="Bodies up to this size are handled on the event loop (a thread hop costs more).")
+    output_pool_bytes: int = Field(
+        256 * 1024 * 1024, ge=0,
+        description="Bytes of large result arrays kept for reuse (skips zeroing fresh pages); 0: off.")
     warmup: bool = Field(True, description="Compile every kernel signature at start; /readyz waits for it.")
     access_log: bool = True
 
