@@ -85,7 +85,8 @@ def make_block(kind: int, grad: int):
     """
     KIND, GRAD, STAMP = kind, grad, SOURCE_STAMP
     prob_input = 1 if kind in E.PROB_KINDS else 0
-    t_first = 1 if kind in (E.CE_LOGITS, E.FOCAL_LOGITS) else 0
+    t_first = 1 if kind in (E.CE_LOGITS, E.CE_LOGITS_PLAIN, E.FOCAL_LOGITS) else 0
+    PLAIN = 1 if kind == E.CE_LOGITS_PLAIN else 0
 
     @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
     def block(s, y, w, pwt, k, prm, scale, out, gout, table, b, i0, i1):
@@ -121,7 +122,19 @@ def make_block(kind: int, grad: int):
                 tc = buf[c:c + PF_CHUNK]
                 for j in range(sc.size):
                     tc[j] = M.exp_neg(-abs(np.float64(sc[j])))
-        for j in range(m):
+        if PLAIN:
+            # labels as given (no transform, pos_weight 1), soft labels in [0, 1]
+            for j in range(m):
+                si = np.float64(sv[j])
+                yi = np.float64(yv[j])
+                l, g = E.ce_logits(si, yi, 1.0, buf[j])
+                buf[j] = l
+                if GRAD:
+                    gv[j] = g * scale
+                # a NaN in s or y makes l NaN, which the block's sum reveals below
+                vy = yi * (1.0 - yi)
+                bad += np.int64(not (vy >= 0.0))
+        for j in range(0 if PLAIN else m):
             si = np.float64(sv[j])
             y01 = np.float64(yv[j]) * la + lb
             yi = M.affine(y01, keep, half_ls)
@@ -156,6 +169,8 @@ def make_block(kind: int, grad: int):
         for j in range(m):
             acc += buf[j]
         mean = acc / m
+        if PLAIN and acc != acc:  # losses are never NaN for valid input, nor -inf
+            bad += 1
         m2 = 0.0
         # min/max on the bit patterns: every loss is >= 0 (abs maps -0.0 to 0), where
         # the int64 order is the float order, and integer min/max reductions vectorise

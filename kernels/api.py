@@ -367,7 +367,8 @@ def _options(input, loss, reduction, label_smoothing, eps, gamma, alpha) -> tupl
         lo, hi = e, 1.0 - e
 
     if loss == "cross_entropy":
-        kind = E.CE_PROB if input == "probabilities" else E.CE_LOGITS
+        kind = (E.CE_PROB if input == "probabilities"
+                else E.CE_LOGITS_PLAIN if input == "logits" and ls == 0.0 else E.CE_LOGITS)
     elif loss == "focal":
         kind = E.FOCAL_PROB if input == "probabilities" else E.FOCAL_LOGITS
     elif loss == "squared_error":
@@ -424,6 +425,7 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
         if loss != "cross_entropy":
             raise ValueError(f"pos_weight applies to cross_entropy only, not {loss!r}")
         pwt = np.tile(_pos_weight_columns(pos_weight, k), rows_per_block)
+        kind = E.CE_LOGITS if kind == E.CE_LOGITS_PLAIN else kind
     return _Plan(kind, pred, lab, w, wtotal, pwt, k, prm, reduction, qs, input)
 
 

@@ -64,6 +64,28 @@ def test_predictions_nan_first_index(fn):
 
 
 @pytest.mark.parametrize("fn", FNS, ids=FN_IDS)
+@pytest.mark.parametrize("n", [10, 5000, 100_000])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("opts", [{}, {"pos_weight": 2.0}, {"label_smoothing": 0.1},
+                                  {"reduction": "none"}], ids=["plain", "pw", "ls", "none"])
+def test_lone_nan_is_found_anywhere(fn, n, dtype, opts):
+    """Cross-entropy on logits without options finds a NaN through its block's sum
+    rather than a compare per element: a lone NaN must be caught at every position,
+    also next to infinite losses and under a zero weight."""
+    rng = np.random.default_rng(n)
+    for where in sorted({0, 4095 % n, 4096 % n, n // 2, n - 1}):
+        for arr in ("predictions", "labels"):
+            s = rng.normal(0.0, 3.0, n).astype(dtype)
+            y = (rng.random(n) < 0.5).astype(dtype)
+            s[(where + 1) % n], y[(where + 1) % n] = np.inf, 0.0  # an infinite loss nearby
+            (s if arr == "predictions" else y)[where] = np.nan
+            w = np.ones(n)
+            w[where] = 0.0
+            check_raises(fn, (s, y), opts, f"{arr}[{where}] is NaN")
+            check_raises(fn, (s, y), {**opts, "sample_weight": w}, f"{arr}[{where}] is NaN")
+
+
+@pytest.mark.parametrize("fn", FNS, ids=FN_IDS)
 def test_infinite_logits_are_accepted(fn):
     s, y, _ = base()
     s[[0, 1, 2, 3]] = [np.inf, -np.inf, np.inf, -np.inf]
