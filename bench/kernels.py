@@ -77,6 +77,7 @@ class Config:
     passes: int        # sweeps over all sizes; a burst of load then spoils one sweep only
     logreg_n: int
     logreg_d: int
+    beyond_n: int      # lossd vs the read pass at a size whose inputs exceed the L3
 
     @property
     def n_top(self) -> int:
@@ -84,9 +85,9 @@ class Config:
 
 
 FULL = Config(sizes=tuple(10**k for k in range(1, 8)), sample_s=0.02, min_samples=12,
-              max_samples=45, budget_s=1.2, passes=3, logreg_n=10**6, logreg_d=32)
+              max_samples=45, budget_s=1.2, passes=3, logreg_n=10**6, logreg_d=32, beyond_n=10**8)
 QUICK = Config(sizes=tuple(10**k for k in range(1, 7)), sample_s=0.004, min_samples=3,
-               max_samples=5, budget_s=0.05, passes=1, logreg_n=10**6, logreg_d=32)
+               max_samples=5, budget_s=0.05, passes=1, logreg_n=10**6, logreg_d=32, beyond_n=10**6)
 
 
 # --------------------------------------------------------------------------- timing
@@ -283,6 +284,25 @@ def measure_logreg(kernels: ModuleType, cfg: Config) -> dict[str, Timing]:
     return measure(fns, cfg)
 
 
+def l3_bytes() -> int | None:
+    """The last-level cache of CPU 0 (sysfs), None where unknown."""
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+    except OSError:
+        return None
+    units = {"K": KIB, "M": KIB**2, "G": KIB**3}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def measure_beyond_cache(kernels: ModuleType, cfg: Config) -> dict[str, Timing]:
+    """lossd and the read pass at cfg.beyond_n: on a CPU whose L3 holds the 10^7 inputs
+    (160 MB), the read pass there measures the L3, not memory; this size does."""
+    s, y = make_data(cfg.beyond_n, seed=2)
+    read_pass(s[:10], y[:10])
+    fns: dict[str, Fn] = {LOSSD: lambda: kernels.loss(s, y).loss, READ: lambda: read_pass(s, y)}
+    return measure(fns, cfg)
+
+
 # --------------------------------------------------------------------------- peak RSS
 
 # ru_maxrss of a process includes the peak RSS of whatever process spawned it (Linux
@@ -452,7 +472,8 @@ def cell_check(res: Results, goal: str, a: str, b: str, n: int, **target: float)
 
 
 def goal_checks(res: Results, cfg: Config, logreg: dict[str, Timing] | None,
-                rss: list[RssResult], missing: str) -> list[Check]:
+                rss: list[RssResult], missing: str,
+                beyond: dict[str, Timing] | None = None) -> list[Check]:
     n = cfg.n_top
     if not res.has(LOSSD):
         return [Check("all lossd goals", "-", "-", None, f"kernels not usable: {missing}")]
@@ -463,6 +484,7 @@ def goal_checks(res: Results, cfg: Config, logreg: dict[str, Timing] | None,
         cell_check(res, "lossd / NumPy best", LOSSD, NP_BEST, n, lo=8),
         cell_check(res, "lossd / PyTorch", LOSSD, TORCH, n, lo=8),
         cell_check(res, "lossd / read pass", LOSSD, READ, n, lo=0.5),
+        *([] if beyond is None else [beyond_check(beyond, cfg)]),
         ratio_check("lossd / NumPy best, minimum over all n",
                     res.ratio(LOSSD, NP_BEST, min_n), lo=1, note=min_note),
         cell_check(res, "float32 / float64 throughput", LOSSD_F32, LOSSD, n, lo=1),
@@ -486,6 +508,20 @@ def goal_checks(res: Results, cfg: Config, logreg: dict[str, Timing] | None,
                             f"{r.growth_kib} KiB", "< 1024 KiB",
                             r.growth_kib < KIB and r.blind_kib <= KIB, note))
     return checks
+
+
+def beyond_check(beyond: dict[str, Timing], cfg: Config) -> Check:
+    ours, read = beyond[LOSSD], beyond[READ]
+    l3 = l3_bytes()
+    size = 16 * cfg.beyond_n
+    where = ("" if l3 is None else
+             f"inputs {size / KIB**2:.0f} MiB {'>' if size > l3 else '<='} L3 {l3 / KIB**2:.0f} MiB; ")
+    note = (where + f"read pass {cfg.beyond_n / read.median / 1e6:.0f} Melem/s, "
+            f"lossd {cfg.beyond_n / ours.median / 1e6:.0f}")
+    note += "".join(f", noisy: {k} IQR {t.spread:.0%}" for k, t in beyond.items()
+                    if t.spread > NOISY_SPREAD)
+    return ratio_check(f"lossd / read pass beyond the L3 (n={cfg.beyond_n:.0e})",
+                       read.median / ours.median, lo=0.5, note=note)
 
 
 # --------------------------------------------------------------------------- output
@@ -595,6 +631,7 @@ class Run:
     res: Results
     logreg: dict[str, Timing] | None = None
     rss: list[RssResult] = field(default_factory=list)
+    beyond: dict[str, Timing] | None = None
 
 
 def run(cfg: Config) -> Run:
@@ -616,6 +653,8 @@ def run(cfg: Config) -> Run:
         if hasattr(kernels, "logreg_grad"):  # the API is still being written
             log("logreg_grad ...")
             r.logreg = measure_logreg(kernels, cfg)
+        log(f"lossd and the read pass at n={cfg.beyond_n:.0e} ...")
+        r.beyond = measure_beyond_cache(kernels, cfg)
         log("peak RSS probe ...")
         r.rss = measure_rss(cfg.n_top)
     return r
@@ -639,7 +678,7 @@ def report(r: Run, others: tuple[float, float], footer: str) -> str:
                      ratio_table(r.res, r.cfg)]
     sections += ["## Goal checks (ratios measured in this run)",
                  *([warn] if others[0] > BUSY_WARNING_CORES else []),
-                 checks_table(goal_checks(r.res, r.cfg, r.logreg, r.rss, r.missing)),
+                 checks_table(goal_checks(r.res, r.cfg, r.logreg, r.rss, r.missing, r.beyond)),
                  "## Environment",
                  md_table(["", ""], environment(r.kernels, others)),
                  footer]
