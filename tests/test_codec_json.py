@@ -77,3 +77,60 @@ def test_duplicate_keys_resolve_like_orjson():
     body = b'{"predictions": [5.0], "labels": [1], "predictions": [0.5]}'
     assert codec_json.decode_body_fast(body, FIELDS) is None
     assert orjson.loads(body)["predictions"] == [0.5]
+
+
+def test_thread_parser_is_reused_and_results_stay_independent():
+    """Each thread reuses one simdjson parser for bodies up to PARSER_REUSE_BYTES; arrays
+    decoded earlier never change when the parser parses the next body, of any size."""
+    rng = np.random.default_rng(5)
+    bodies, wants = [], []
+    for n in (3, 5000, 10, 40000, 1):
+        s = rng.normal(size=n)
+        bodies.append(orjson.dumps({"predictions": s.tolist(), "labels": [0.0] * n}))
+        wants.append(s)
+    got = [codec_json.decode_body_fast(b, FIELDS) for b in bodies]
+    parser = codec_json._threads.parser
+    got += [codec_json.decode_body_fast(b, FIELDS) for b in bodies]
+    assert codec_json._threads.parser is parser  # one parser served all ten
+    for g, want in zip(got, wants * 2):
+        np.testing.assert_array_equal(g["predictions"], want)
+
+
+def test_a_document_still_referenced_does_not_block_the_fast_path():
+    body = orjson.dumps({"predictions": [1.0, 2.0], "labels": [0.0, 1.0]})
+    codec_json.decode_body_fast(body, FIELDS)
+    held = codec_json._threads.parser.parse(b'{"a": [1, 2]}')  # e.g. a frame kept alive
+    fast = codec_json.decode_body_fast(body, FIELDS)
+    assert fast is not None and fast["predictions"].tolist() == [1.0, 2.0]
+    assert list(held.keys()) == ["a"]  # the old document is left intact
+
+
+def test_large_bodies_get_a_parser_of_their_own(monkeypatch):
+    monkeypatch.setattr(codec_json, "PARSER_REUSE_BYTES", 100)
+    codec_json.decode_body_fast(b'{"predictions": [1.0], "labels": [1.0]}', FIELDS)
+    parser = codec_json._threads.parser
+    big = orjson.dumps({"predictions": [0.5] * 100, "labels": [1.0] * 100})
+    assert codec_json.decode_body_fast(big, FIELDS)["predictions"].tolist() == [0.5] * 100
+    assert codec_json._threads.parser is parser
+
+
+def test_each_thread_has_its_own_parser():
+    import threading
+
+    body = orjson.dumps({"predictions": [0.25] * 1000, "labels": [1.0] * 1000})
+    parsers, errors = [], []
+
+    def work():
+        try:
+            for _ in range(50):
+                assert codec_json.decode_body_fast(body, FIELDS)["predictions"].sum() == 250.0
+            parsers.append(codec_json._threads.parser)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [] and len({id(p) for p in parsers}) == 8
