@@ -465,6 +465,12 @@ def ratio_check(goal: str, value: float, lo: float | None = None,
     return Check(goal, f"{value:.3g}x", target, ok, note)
 
 
+def noisy_timings(timings: dict[str, Timing]) -> str:
+    """", noisy: <impl> IQR <x>%" for each widely spread entry of a side measurement."""
+    return "".join(f", noisy: {k} IQR {t.spread:.0%}" for k, t in timings.items()
+                   if t.spread > NOISY_SPREAD)
+
+
 def cell_check(res: Results, goal: str, a: str, b: str, n: int, **target: float) -> Check:
     """Goal on the throughput ratio a / b at size n, with a word on noisy cells."""
     return ratio_check(f"{goal} (n={n:.0e})", res.ratio(a, b, n), **target,
@@ -497,8 +503,7 @@ def goal_checks(res: Results, cfg: Config, logreg: dict[str, Timing] | None,
     else:
         ours, base = logreg["lossd"], logreg["numpy"]
         note = f"{ours.median * 1e3:.1f} ms vs {base.median * 1e3:.1f} ms"
-        note += "".join(f", noisy: {k} IQR {t.spread:.0%}" for k, t in logreg.items()
-                        if t.spread > NOISY_SPREAD)
+        note += noisy_timings(logreg)
         checks.append(ratio_check(logreg_goal, base.median / ours.median, lo=1.5, note=note))
     for r in rss:
         note = f"maxrss {r.before_kib} -> {r.after_kib} KiB"
@@ -518,8 +523,7 @@ def beyond_check(beyond: dict[str, Timing], cfg: Config) -> Check:
              f"inputs {size / KIB**2:.0f} MiB {'>' if size > l3 else '<='} L3 {l3 / KIB**2:.0f} MiB; ")
     note = (where + f"read pass {cfg.beyond_n / read.median / 1e6:.0f} Melem/s, "
             f"lossd {cfg.beyond_n / ours.median / 1e6:.0f}")
-    note += "".join(f", noisy: {k} IQR {t.spread:.0%}" for k, t in beyond.items()
-                    if t.spread > NOISY_SPREAD)
+    note += noisy_timings(beyond)
     return ratio_check(f"lossd / read pass beyond the L3 (n={cfg.beyond_n:.0e})",
                        read.median / ours.median, lo=0.5, note=note)
 
