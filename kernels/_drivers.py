@@ -134,34 +134,35 @@ def make_block(kind: int, grad: int):
                 # a NaN in s or y makes l NaN, which the block's sum reveals below
                 vy = yi * (1.0 - yi)
                 bad += np.int64(not (vy >= 0.0))
-        for j in range(0 if PLAIN else m):
-            si = np.float64(sv[j])
-            y01 = np.float64(yv[j]) * la + lb
-            yi = M.affine(y01, keep, half_ls)
-            if KIND == E.CE_LOGITS:
-                l, g = E.ce_logits(si, yi, pwt[j], buf[j])
-            elif KIND == E.CE_PROB:
-                l, g = E.ce_prob(si, yi, pwt[j], lo, hi)
-            elif KIND == E.FOCAL_LOGITS:
-                l, g = E.focal_logits(si, yi, gamma, alpha, buf[j])
-            elif KIND == E.FOCAL_PROB:
-                l, g = E.focal_prob(si, yi, gamma, alpha, lo, hi)
-            elif KIND == E.SE_LOGITS:
-                l, g = E.se_logits(si, yi)
-            elif KIND == E.SE_PROB:
-                l, g = E.se_prob(si, yi)
-            else:
-                l, g = E.margin_loss(KIND, si, yi)
-            buf[j] = l
-            if GRAD:
-                gv[j] = g * scale
-            if prob_input:
-                vs = si * (1.0 - si)
-                bad_s = not (vs >= 0.0)
-            else:
-                bad_s = si != si
-            vy = y01 * (1.0 - y01)
-            bad += np.int64(bad_s | (not ((vy >= 0.0) & (vy <= vmax))))
+        else:
+            for j in range(m):
+                si = np.float64(sv[j])
+                y01 = np.float64(yv[j]) * la + lb
+                yi = M.affine(y01, keep, half_ls)
+                if KIND == E.CE_LOGITS:
+                    l, g = E.ce_logits(si, yi, pwt[j], buf[j])
+                elif KIND == E.CE_PROB:
+                    l, g = E.ce_prob(si, yi, pwt[j], lo, hi)
+                elif KIND == E.FOCAL_LOGITS:
+                    l, g = E.focal_logits(si, yi, gamma, alpha, buf[j])
+                elif KIND == E.FOCAL_PROB:
+                    l, g = E.focal_prob(si, yi, gamma, alpha, lo, hi)
+                elif KIND == E.SE_LOGITS:
+                    l, g = E.se_logits(si, yi)
+                elif KIND == E.SE_PROB:
+                    l, g = E.se_prob(si, yi)
+                else:
+                    l, g = E.margin_loss(KIND, si, yi)
+                buf[j] = l
+                if GRAD:
+                    gv[j] = g * scale
+                if prob_input:
+                    vs = si * (1.0 - si)
+                    bad_s = not (vs >= 0.0)
+                else:
+                    bad_s = si != si
+                vy = y01 * (1.0 - y01)
+                bad += np.int64(bad_s | (not ((vy >= 0.0) & (vy <= vmax))))
         # Sums run over the float64 buffer, not in the element loop: the order of a
         # vectorised reduction follows the loop's vector shape, which differs between
         # float32 and float64 inputs; over buf it is one and the same for both.
