@@ -36,9 +36,9 @@ BUSY_LOAD = 0.5
 
 
 def use_checkout() -> None:
-    """Import the packages of this checkout, not the scripts: bench/ holds kernels.py and
-    service.py, which would shadow the `kernels` and `service` packages, so drop it from
-    sys.path and put the checkout first (no `pip install -e .` needed). Also the
+    """Import this checkout's `lossd` (its `lossd.kernels` and `lossd.service` come from
+    the editable install that `make bench` makes), and keep bench/ off sys.path so that
+    its scripts never stand in for packages. Also the
     Makefile's NUMBA_CACHE_DIR, before numba is imported; servers inherit it and load
     their compiled kernels from the cache instead of compiling at every start."""
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
@@ -351,7 +351,7 @@ def lossd_server(log_path: Path, access_log: bool, extra: Sequence[str] = ()) ->
     """`lossd serve` with 1 worker on a free port; `extra` arguments go last."""
     port = free_port()
     exe = Path(sys.executable).parent / "lossd"
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "service"]
+    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "lossd"]
     env = child_env()
     env["LOSSD_ACCESS_LOG"] = "true" if access_log else "false"
     cmd = [*base, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",

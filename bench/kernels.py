@@ -32,8 +32,7 @@ from functools import partial
 from pathlib import Path
 from types import ModuleType
 
-# bench/ is sys.path[0] until use_checkout() takes it off: this file is itself named
-# kernels.py, and `import kernels` must find the package
+# bench/ is sys.path[0] until use_checkout() takes it off
 import _common
 from _common import (BENCH_DIR, CpuMeter, checks_table, cpu_model, footer_line, log, make_data,
                      md_table, use_checkout)
@@ -237,7 +236,7 @@ def bind_all(d: Data, kernels: ModuleType | None) -> dict[str, Fn]:
 def load_kernels() -> tuple[ModuleType | None, str]:
     """Import the package and prove one call works; on failure say why, don't crash."""
     try:
-        import kernels
+        from lossd import kernels
 
         kernels.loss(np.zeros(3), np.zeros(3))
         return kernels, ""

@@ -314,7 +314,7 @@ def plan(cfg: Config, json_max_n: int, oip_json_max_n: int) -> dict[int, list[st
 
 
 def run(cfg: Config, out: Path, json_max_n: int, oip_json_max_n: int, access_log: bool) -> Run:
-    import kernels
+    from lossd import kernels
 
     r = Run(cfg)
     which = plan(cfg, json_max_n, oip_json_max_n)

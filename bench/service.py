@@ -31,8 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# bench/ is sys.path[0] until use_checkout() takes it off: this file is named service.py
-# and must not shadow the `service` package
+# bench/ is sys.path[0] until use_checkout() takes it off
 from _common import (BENCH_DIR, BadResponse, Check, CpuMeter, Server, checks_table, child_env,
                      exit_code, fmt, footer_line, free_port, goals_json, http_environment,
                      json_head, load_at_start, load_head, log, lossd_server, make_data, md_table,

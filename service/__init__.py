@@ -1,6 +1,6 @@
-"""lossd HTTP service: FastAPI app over the ``kernels`` package."""
+"""lossd HTTP service: FastAPI app over ``lossd.kernels``."""
 
-__version__ = "0.1.0"
+from lossd import __version__  # noqa: E402
 
 from .app import create_app  # noqa: E402
 from .settings import Settings  # noqa: E402

@@ -1,4 +1,4 @@
-"""``python -m service`` is ``lossd``: with no arguments it serves with the defaults."""
+"""``python -m lossd.service`` is ``lossd``: with no arguments it serves with the defaults."""
 
 import sys
 

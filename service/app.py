@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
-import kernels
+from lossd import kernels
 
 from . import __version__
 from .errors import ApiError

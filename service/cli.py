@@ -51,7 +51,7 @@ def serve(settings: Settings) -> None:
         owned_dir = tempfile.mkdtemp(prefix="lossd-metrics-")
         os.environ[MULTIPROC_ENV] = owned_dir
     try:
-        uvicorn.run("service.app:create_app_from_env", factory=True, host=settings.host,
+        uvicorn.run("lossd.service.app:create_app_from_env", factory=True, host=settings.host,
                     port=settings.port, workers=settings.workers, loop="uvloop", http="httptools",
                     log_level=settings.log_level, access_log=False,
                     log_config=_log_config(settings.log_level))

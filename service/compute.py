@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-import kernels
+from lossd import kernels
 
 from .codec_json import to_array
 from .errors import RequestError

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-import kernels
+from lossd import kernels
 
 from .errors import ApiError
 

@@ -7,7 +7,7 @@ their own timeouts.
 
 import pytest
 
-import kernels
+from lossd import kernels
 
 
 @pytest.fixture(scope="session", autouse=True)

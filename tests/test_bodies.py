@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-import kernels
-from service.bodies import POOLED_MIN_BYTES, BufferPool
+from lossd import kernels
+from lossd.service.bodies import POOLED_MIN_BYTES, BufferPool
 from service_helpers import json_array, lossd_serve, strict_json
 
 

@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 import pytest
 
-import kernels
-from kernels.api import INPUTS, LOSSES
+from lossd import kernels
+from lossd.kernels.api import INPUTS, LOSSES
 from lossd_client import AsyncClient, Client, GradResult, LossdError, LossResult, ParamGrad
 from lossd_client._calls import loss_call
 from lossd_client._codec import HEADER_LENGTH, encode_request

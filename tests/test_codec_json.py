@@ -9,9 +9,9 @@ import numpy as np
 import orjson
 import pytest
 
-from service import codec_json
-from service.errors import RequestError
-from service.routes_json import _ARRAY_FIELDS
+from lossd.service import codec_json
+from lossd.service.errors import RequestError
+from lossd.service.routes_json import _ARRAY_FIELDS
 
 FIELDS = _ARRAY_FIELDS
 

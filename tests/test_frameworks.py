@@ -39,7 +39,7 @@ import sklearn.metrics as skm  # noqa: E402
 from sklearn._loss.loss import ExponentialLoss, HalfBinomialLoss  # noqa: E402
 from sklearn.linear_model import _sgd_fast  # noqa: E402
 
-import kernels  # noqa: E402
+from lossd import kernels  # noqa: E402
 
 EPS = np.finfo(np.float64).eps
 F64 = torch.float64

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-import kernels  # noqa: F401  (configures numba first)
-from kernels import _math as M
+from lossd import kernels  # noqa: F401  (configures numba first)
+from lossd.kernels import _math as M
 
 mpmath.mp.prec = 120
 RNG = np.random.default_rng(20261129)

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 from mpmath import mp, mpf
 
-import kernels
+from lossd import kernels
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reference.py, any import mode
 from reference import (  # noqa: E402

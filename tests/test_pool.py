@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-import kernels
-from kernels import api
-from kernels._pool import MIN_BYTES, OutputPool
+from lossd import kernels
+from lossd.kernels import api
+from lossd.kernels._pool import MIN_BYTES, OutputPool
 
 N = 2 * MIN_BYTES // 8  # 2 MiB of float64: pooled
 

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import kernels
-from service import Settings, create_app
-from service.settings import available_cores
+from lossd import kernels
+from lossd.service import Settings, create_app
+from lossd.service.settings import available_cores
 
 from service_helpers import (assert_same, check_grad_body, dumps, expected_loss_body, json_array,
                              jsonable, strict_json)

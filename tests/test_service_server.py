@@ -27,7 +27,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-import kernels
+from lossd import kernels
 
 from service_helpers import (LOSSD, ROOT, ServerProcess, assert_same, check_grad_body, dumps,
                              expected_loss_body, free_port, jsonable, lossd_serve, parse_raw_response, raw_http,
@@ -39,8 +39,8 @@ SMALL_LIMIT = 4096
 
 @pytest.fixture(scope="module")
 def small_server():
-    """``python -m service serve`` with the body limit from LOSSD_MAX_BODY_BYTES."""
-    s = ServerProcess([sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", "{port}"],
+    """``python -m lossd serve`` with the body limit from LOSSD_MAX_BODY_BYTES."""
+    s = ServerProcess([sys.executable, "-m", "lossd", "serve", "--host", "127.0.0.1", "--port", "{port}"],
                       env={"LOSSD_MAX_BODY_BYTES": str(SMALL_LIMIT)})
     try:
         yield s.start()
@@ -334,7 +334,7 @@ def _padded(body: dict, size: int) -> bytes:
 
 def test_python_m_service_serve_starts_and_reads_env(small_server):
     _check_alive(small_server)
-    assert small_server.argv_template[1:3] == ["-m", "service"]
+    assert small_server.argv_template[1:3] == ["-m", "lossd"]
     r = _post(small_server.url + "/loss", _padded({"predictions": [1.0], "labels": [1]}, SMALL_LIMIT + 1))
     assert r.status_code == 413  # LOSSD_MAX_BODY_BYTES from the environment
 
@@ -513,7 +513,7 @@ def test_metrics_are_summed_over_workers():
 # ------------------------------------------------------------------- CLI entry points
 
 def test_python_m_service_without_arguments_serves_from_env():
-    s = ServerProcess([sys.executable, "-m", "service"], env={"LOSSD_PORT": "{port}", "LOSSD_HOST": "127.0.0.1"})
+    s = ServerProcess([sys.executable, "-m", "lossd"], env={"LOSSD_PORT": "{port}", "LOSSD_HOST": "127.0.0.1"})
     try:
         s.start()
         _check_alive(s)
@@ -526,7 +526,7 @@ def test_bad_settings_exit_with_code_2_and_a_message():
         ([str(LOSSD), "serve"], {"LOSSD_PORT": "abc"}, "LOSSD_PORT"),
         ([str(LOSSD), "serve"], {"LOSSD_PORT": "70000"}, "LOSSD_PORT"),
         ([str(LOSSD), "serve", "--workers", "0", "--port", str(free_port())], {}, "LOSSD_WORKERS"),
-        ([sys.executable, "-m", "service", "serve", "--port", str(free_port())], {"LOSSD_MAX_BODY_BYTES": "12"},
+        ([sys.executable, "-m", "lossd", "serve", "--port", str(free_port())], {"LOSSD_MAX_BODY_BYTES": "12"},
          "LOSSD_MAX_BODY_BYTES"),
     ]
     procs = []

@@ -194,7 +194,7 @@ def compare(kernels, cases, results, expected=None):
 def worker_main() -> int:
     """Subprocess entry point: concurrent first (cold), sequential after; JSON summary."""
     sys.path.insert(0, str(ROOT))
-    import kernels
+    from lossd import kernels
 
     cases = build_cases()
     results, elapsed = run_concurrently(kernels, cases, N_THREADS, CALLS_PER_THREAD, THREAD_TIMEOUT)
@@ -244,7 +244,7 @@ def test_threads_subprocess():
 
 
 def test_threads_in_process():
-    import kernels
+    from lossd import kernels
 
     cases = build_cases(seed=777, n_cases=24)
     expected = [outcome(kernels, c) for c in cases]  # single-threaded first
@@ -259,7 +259,7 @@ def test_threads_in_process():
 
 def test_error_messages_under_concurrency_name_first_index():
     """The four bad-input cases give the documented messages (first offending index)."""
-    import kernels
+    from lossd import kernels
 
     cases = build_cases(seed=5, n_cases=3)[-4:]
     msgs = [outcome(kernels, c) for c in cases]
@@ -283,7 +283,7 @@ def test_set_threads_changes_the_count_not_the_bits():
     import numba
     import pytest
 
-    import kernels
+    from lossd import kernels
 
     rng = np.random.default_rng(3)
     s = rng.normal(size=100_000) * 4

@@ -17,7 +17,7 @@ import re
 import numpy as np
 import pytest
 
-import kernels
+from lossd import kernels
 
 FNS = [kernels.loss, kernels.grad]
 FN_IDS = ["loss", "grad"]
