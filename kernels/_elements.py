@@ -7,10 +7,16 @@ use y' = 2y - 1. The logit forms of cross-entropy and focal loss also take
 t = e^-|s|, which the drivers compute in a loop of their own. Zero coefficients are
 selected to 0 rather than multiplied, so that 0 * inf never produces NaN: every ±inf
 input gives the exact limit.
+
+These functions take the drivers' fast-math flags (``reassoc`` among them), so any sum
+of label-weighted terms, where regrouping could cancel, goes through the strict
+``M.dot2``, and products of more than two factors that could overflow or underflow
+in another order through ``M.mul4``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from . import _math as M
@@ -22,6 +28,8 @@ from . import _math as M
 _opts = dict(inline="always", nogil=True, error_model="numpy")
 
 FLOOR = -100.0  # PyTorch's floor for each log term of binary_cross_entropy
+# Below this q^γ has (or nearly has) lost bits to underflow: CE·q^γ is then formed in one power.
+QG_TINY = 2.0 ** -960
 
 # Element kinds: the compile-time switch of the drivers.
 CE_LOGITS = 0
@@ -43,12 +51,6 @@ PROB_KINDS = (CE_PROB, FOCAL_PROB, SE_PROB)
 
 
 @njit(**_opts)
-def _wsum(c1: float, a: float, c0: float, b: float) -> float:
-    """c1*a + c0*b where a zero coefficient contributes exactly 0 (even if a or b is inf)."""
-    return (0.0 if c1 == 0.0 else c1 * a) + (0.0 if c0 == 0.0 else c0 * b)
-
-
-@njit(**_opts)
 def ce_logits(s: float, y: float, pw: float, t: float) -> tuple[float, float]:
     """Binary cross-entropy on a logit, with PyTorch's pos_weight; t = e^-|s|.
 
@@ -61,7 +63,7 @@ def ce_logits(s: float, y: float, pw: float, t: float) -> tuple[float, float]:
     sig_p, sig_n = M.sigmoid_pair(s, t)
     c1 = pw * y
     c0 = 1.0 - y
-    return _wsum(c1, sp_neg, c0, sp_pos), _wsum(c0, sig_p, -c1, sig_n)
+    return M.dot2(c1, sp_neg, c0, sp_pos), M.dot2(c0, sig_p, -c1, sig_n)
 
 
 @njit(**_opts)
@@ -77,24 +79,29 @@ def ce_logits_plain(s: float, y: float, t: float) -> tuple[float, float]:
     c0 = 1.0 - y
     m = c0 if s > 0.0 else y
     sig_p, sig_n = M.sigmoid_pair(s, t)
-    return lp + (0.0 if m == 0.0 else m * abs(s)), c0 * sig_p - y * sig_n
+    # m·|s| strict: regrouped with m = 1 - y it could become |s| - y|s|, which loses
+    # everything for y near 1 and large |s|. The gradient is a difference of two terms
+    # <= 1 in any grouping, within a few ulps of its larger term: left to fast-math.
+    return lp + (0.0 if m == 0.0 else M.mul(m, abs(s))), c0 * sig_p - y * sig_n
 
 
 @njit(**_opts)
 def _prob_logs(p: float, lo: float, hi: float) -> tuple[float, float, float, float]:
     """(log p, log(1-p), d/dp log p, d/dp log(1-p)) for the probabilities form.
 
-    p is clipped to [lo, hi] (eps clipping; [0, 1] when eps is None) and each log is
-    floored at -100 (PyTorch). Where a clip or a floor is active the derivative is 0:
-    these are derivatives of the value actually returned.
+    Without eps (lo = 0, hi = 1) each log is floored at -100 (PyTorch); with eps, p is
+    clipped to [lo, hi] = [eps, 1 - eps] (scikit-learn, Keras) and nothing is floored:
+    -log(eps) is the cost of p = 0. Where a clip or a floor is active the derivative is
+    0: these are derivatives of the value actually returned.
     """
+    floor = FLOOR if lo == 0.0 else -np.inf
     pc = min(max(p, lo), hi)
     inside = p >= lo and p <= hi
     lp = M.log(pc)
     lq = M.log1p(-pc)
-    dlp = (1.0 / pc) if (lp > FLOOR and inside) else 0.0
-    dlq = (-1.0 / (1.0 - pc)) if (lq > FLOOR and inside) else 0.0
-    return max(lp, FLOOR), max(lq, FLOOR), dlp, dlq
+    dlp = (1.0 / pc) if (lp > floor and inside) else 0.0
+    dlq = (-1.0 / (1.0 - pc)) if (lq > floor and inside) else 0.0
+    return max(lp, floor), max(lq, floor), dlp, dlq
 
 
 @njit(**_opts)
@@ -104,7 +111,7 @@ def ce_prob(p: float, y: float, pw: float, lo: float, hi: float) -> tuple[float,
     lp, lq, dlp, dlq = _prob_logs(p, lo, hi)
     c1 = pw * y
     c0 = 1.0 - y
-    return -_wsum(c1, lp, c0, lq), -_wsum(c1, dlp, c0, dlq)
+    return -M.dot2(c1, lp, c0, lq), -M.dot2(c1, dlp, c0, dlq)
 
 
 @njit(**_opts)
@@ -113,6 +120,12 @@ def _focal_factor(gamma: float, q: float, la: float, lb: float) -> float:
     if gamma == 0.0:
         return 1.0
     return 0.0 if q == 0.0 else M.pow_split(gamma, la, lb)
+
+
+@njit(**_opts)
+def _alpha_weight(alpha: float, y: float, c0: float) -> float:
+    """a_t = α y + (1-α)(1-y), 1 when alpha < 0 (None); c0 = 1 - y."""
+    return 1.0 if alpha < 0.0 else M.dot2(alpha, y, 1.0 - alpha, c0)
 
 
 @njit(**_opts)
@@ -128,24 +141,32 @@ def focal_logits(s: float, y: float, gamma: float, alpha: float, t: float) -> tu
     sp_pos, sp_neg, lp = M.softplus_parts(s, t)
     sig_p, sig_n = M.sigmoid_pair(s, t)
     c0 = 1.0 - y
-    ce = _wsum(y, sp_neg, c0, sp_pos)
-    dce = _wsum(c0, sig_p, -y, sig_n)
+    ce = M.dot2(y, sp_neg, c0, sp_pos)
+    dce = M.dot2(c0, sig_p, -y, sig_n)
     if y == 1.0:
-        q = sig_n
-        qg = _focal_factor(gamma, q, -max(s, 0.0), -lp)
+        q, la, lb = sig_n, -max(s, 0.0), -lp
         h = -sig_p
     elif y == 0.0:
-        q = sig_p
-        qg = _focal_factor(gamma, q, -max(-s, 0.0), -lp)
+        q, la, lb = sig_p, -max(-s, 0.0), -lp
         h = sig_n
     else:
-        q = y * sig_n + c0 * sig_p
-        lq_hi, lq_lo = M.log_split(q)
-        qg = _focal_factor(gamma, q, lq_hi, lq_lo)
+        q = M.dot2(y, sig_n, c0, sig_p)
+        la, lb = M.log_split(q)
         h = (1.0 - 2.0 * y) * sig_p * sig_n / q
-    at = 1.0 if alpha < 0.0 else alpha * y + (1.0 - alpha) * c0
-    loss = 0.0 if (at == 0.0 or qg == 0.0) else at * ce * qg
-    tail = 0.0 if (h == 0.0 or gamma == 0.0 or ce == 0.0) else ce * gamma * qg * h
+    qg = _focal_factor(gamma, q, la, lb)
+    # CE·q^γ with CE's exponent inside the power: with soft labels CE can be huge
+    # (y|s| for |s| = 1e300) where q^γ alone underflows. ce = inf (s = ±inf against
+    # the label's mass) has q > 0: the limit is inf.
+    if ce == np.inf or gamma == 0.0:
+        ceqg = ce
+    elif qg < QG_TINY and ce > 1.0:  # q^γ at or near subnormal: CE·q^γ may still be normal
+        ceqg = 0.0 if q == 0.0 else M.pow_times(gamma, la, lb, ce)
+    else:
+        ceqg = ce * qg
+    at = _alpha_weight(alpha, y, c0)
+    loss = 0.0 if at == 0.0 else at * ceqg
+    # γ·h·CE·q^γ as (γ·h)·(CE·q^γ): |h| <= 1, so neither factor overflows where the tail does not
+    tail = 0.0 if (h == 0.0 or gamma == 0.0 or ceqg == 0.0) else M.mul4(gamma, h, ceqg, 1.0)
     g = 0.0 if at == 0.0 else at * (dce * qg + tail)
     return loss, g
 
@@ -162,8 +183,8 @@ def focal_prob(p: float, y: float, gamma: float, alpha: float, lo: float, hi: fl
     pc = min(max(p, lo), hi)
     inside = p >= lo and p <= hi
     c0 = 1.0 - y
-    ce = -_wsum(y, lp, c0, lq)
-    dce = -_wsum(y, dlp, c0, dlq)
+    ce = -M.dot2(y, lp, c0, lq)
+    dce = -M.dot2(y, dlp, c0, dlq)
     if y == 1.0:
         q = 1.0 - pc
         if pc >= 0.5:
@@ -174,13 +195,13 @@ def focal_prob(p: float, y: float, gamma: float, alpha: float, lo: float, hi: fl
         q = pc
         a, b = M.log_split(pc)
     else:
-        q = y * (1.0 - pc) + c0 * pc
+        q = M.dot2(y, 1.0 - pc, c0, pc)
         a, b = M.log_split(q)
     qg = _focal_factor(gamma, q, a, b)
     dq = (1.0 - 2.0 * y) if inside else 0.0
-    at = 1.0 if alpha < 0.0 else alpha * y + (1.0 - alpha) * c0
-    loss = 0.0 if (at == 0.0 or qg == 0.0) else at * ce * qg
-    if dq == 0.0 or gamma == 0.0 or ce == 0.0:
+    at = _alpha_weight(alpha, y, c0)
+    loss = 0.0 if (at == 0.0 or qg == 0.0) else M.mul4(at, ce, qg, 1.0)
+    if dq == 0.0 or gamma == 0.0 or ce == 0.0 or qg == 0.0:
         tail = 0.0
     else:
         tail = gamma * dq * M.ratio_times(ce, q, qg)
@@ -201,7 +222,7 @@ def se_logits(s: float, y: float) -> tuple[float, float]:
     if y == 1.0:
         return M.sigmoid_power(s, 0.0, 2.0), -2.0 * M.sigmoid_power(s, 1.0, 2.0)
     sig_p, sig_n = M.sigmoid_pair(s, M.exp_neg(-abs(s)))
-    d = _wsum(1.0 - y, sig_p, -y, sig_n)
+    d = M.dot2(1.0 - y, sig_p, -y, sig_n)
     return d * d, 2.0 * d * M.sigmoid_power(s, 1.0, 1.0)
 
 

@@ -356,15 +356,111 @@ def sigmoid_pair(s: float, t: float) -> tuple[float, float]:
 
 @njit("float64(float64, float64, float64)", **_opts)
 def pow_split(gamma: float, a: float, b: float) -> float:
-    """e^(gamma * (a + b)) for a large exact part a and a small part b.
+    """e^(gamma * (a + b)) for a large exact part a <= 0 and a small part b.
 
     gamma * a is split into its rounded value and its exact error (an FMA), so the
     result does not inherit |gamma * a| ulps of argument rounding: a power q^gamma
-    with log q = a + b stays within a few ulp even when q is tiny.
+    with log q = a + b stays within a few ulp even when q is tiny. The parts are added
+    into one double-double argument (TwoSum) before the one exp: two exps multiplied
+    would give 0 * inf = NaN once gamma * a is below -745 and gamma * b above 709.
     """
     p = gamma * a
-    err = 0.0 if abs(p) == np.inf else fma(gamma, a, -p)
-    return exp(p) * exp(err + gamma * b)
+    big = abs(p) == np.inf
+    err = 0.0 if big else fma(gamma, a, -p)
+    c = err + gamma * b
+    x = p + c
+    bp = x - p
+    dx = (p - (x - bp)) + (c - bp)  # TwoSum: x + dx == p + c exactly
+    return exp_dd(p if big else x, 0.0 if (big or abs(x) == np.inf) else dx)
+
+
+@njit("float64(float64, float64, float64, float64)", **_opts)
+def pow_times(gamma: float, a: float, b: float, v: float) -> float:
+    """v · e^(gamma * (a + b)) for finite v >= 0, as pow_split with v's binary exponent
+    moved into the exponential: v·q^γ stays exact where q^γ alone underflows but v is
+    large (a focal loss with |s| = 1e300: CE = 3e299 times q^γ = 1e-400).
+
+    v = 2m·2^(e-1) (m in [sqrt(2)/2, sqrt(2)), from the bits; subnormal v scaled
+    first; e - 1 so that e^x stays below the overflow threshold when v is near the
+    largest float and q^γ = 1); the argument γ(a+b) + (e-1)·ln2 is carried as a
+    double-double ((e-1)·ln2_hi exact, the rest TwoSummed) into one exp, then times 2m.
+    """
+    sub = v < TINY
+    m, e = _frexp_sqrt2(v * TWO54 if sub else v)
+    ef = float(e - 55 if sub else e - 1)
+    p = gamma * a
+    big = abs(p) == np.inf
+    err = 0.0 if big else fma(gamma, a, -p)
+    k = ef * LN2_HI
+    x1 = p + k
+    bp = x1 - p
+    e1 = (p - (x1 - bp)) + (k - bp)  # TwoSum: x1 + e1 == p + k
+    c = ((err + gamma * b) + ef * LN2_LO) + e1
+    x = x1 + c
+    bp = x - x1
+    dx = (x1 - (x - bp)) + (c - bp)
+    r = (2.0 * m) * exp_dd(x1 if big else x, 0.0 if (big or abs(x) == np.inf) else dx)
+    return 0.0 if v == 0.0 else r
+
+
+@njit("UniTuple(float64, 2)(float64, float64)", **_strict)
+def two_sum(a: float, b: float) -> tuple[float, float]:
+    """(s, e) with s = fl(a + b) and s + e = a + b exactly (Knuth's TwoSum, any order of
+    magnitudes). Strict: a caller's reassoc would simplify e to 0. With an infinite
+    operand e is NaN; callers drop it once the sum is infinite."""
+    s = a + b
+    bp = s - a
+    return s, (a - (s - bp)) + (b - bp)
+
+
+@njit("UniTuple(float64, 2)(float64, float64)", **_strict)
+def two_prod(a: float, b: float) -> tuple[float, float]:
+    """(p, e) with p = fl(a·b) and p + e = a·b exactly (while a·b neither overflows nor
+    underflows); e = 0 when p is not finite."""
+    p = a * b
+    return p, (fma(a, b, -p) if abs(p) < np.inf else 0.0)
+
+
+@njit("float64(float64, float64, float64, float64)", **_strict)
+def dd_div(ahi: float, alo: float, bhi: float, blo: float) -> float:
+    """(ahi + alo) / (bhi + blo) for double-doubles, correctly rounded but in cases
+    within 2^-100 of a tie: q = ahi/bhi, then one correction by the exact residual
+    a - q·b (the product's error by an FMA; ahi - q·bhi is exact by Sterbenz).
+    A mean computed so is never further from the true mean than any float, hence
+    always within [min, max] of the values averaged. Non-finite q is returned as is.
+    Strict: contracting ahi - q·bhi into an FMA would count the product's error twice.
+    """
+    q = ahi / bhi
+    p = q * bhi
+    r = ((((ahi - p) - fma(q, bhi, -p)) + alo) - q * blo) / bhi
+    return q + r if (abs(q) < np.inf and q == q and bhi != 0.0) else q
+
+
+@njit("float64(float64, float64, float64, float64)", **_strict)
+def dot2(c1: float, a: float, c0: float, b: float) -> float:
+    """c1*a + c0*b as written, where a zero coefficient contributes exactly 0 (even if
+    a or b is inf).
+
+    The label-weighted sums of the losses (y·softplus(-s) + (1-y)·softplus(s), the
+    focal loss's α y + (1-α)(1-y), ...) go through here: compiled strict, they cannot
+    be rewritten by a caller's fast-math flags, which may expand (1-α)(1-y) into
+    (1-y) - α(1-y) and regroup it with α y: for α = 1, y = 1e-20 that gives 0.
+    """
+    return (0.0 if c1 == 0.0 else c1 * a) + (0.0 if c0 == 0.0 else c0 * b)
+
+
+@njit("float64(float64, float64)", **_strict)
+def mul(a: float, b: float) -> float:
+    """a * b that a fast-math caller cannot distribute or regroup with its neighbours."""
+    return a * b
+
+
+@njit("float64(float64, float64, float64, float64)", **_strict)
+def mul4(a: float, b: float, c: float, d: float) -> float:
+    """(a * b) * (c * d) in this order, for callers that pair the factors so that
+    neither pair can overflow or underflow where the product does not (fast-math
+    may otherwise reassociate a product of four into one that does)."""
+    return (a * b) * (c * d)
 
 
 @njit("float64(float64, float64, float64)", **_opts)
