@@ -24,14 +24,16 @@ from numba.extending import intrinsic
 
 from . import _elements as E
 from . import _math as M
+from . import _simd as S
 
 # Numba's cache is invalidated only by the *kernel's* file; the element and math code it
-# inlines lives elsewhere, so their hash is part of every kernel's closure (cache key).
+# inlines lives elsewhere, so their hash is part of every kernel's closure (cache key):
+# every function here that calls into another file is built by a factory for that.
 SOURCE_STAMP = hashlib.sha256(b"".join(
-    (Path(__file__).parent / f).read_bytes() for f in ("_math.py", "_elements.py", "_drivers.py")
+    (Path(__file__).parent / f).read_bytes()
+    for f in ("_math.py", "_simd.py", "_elements.py", "_drivers.py")
 )).hexdigest()[:16]
 
-INF_BITS = 0x7FF0000000000000
 ABS_MASK = 0x7FFFFFFFFFFFFFFF
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}  # reassoc: vectorised reductions
 
@@ -64,9 +66,13 @@ def prefetch(typingctx, arr, idx):  # noqa: ARG001
     return sig, codegen
 
 
-# Columns of the per-block statistics table.
-S_COUNT, S_SUM, S_M2, S_MIN, S_MAX, S_WSUM, S_BAD = range(7)
-N_STATS = 7
+# Columns of the per-block statistics table. Sums are double-doubles (hi, lo); S_MEAN
+# and S_WMEAN are the block's own means, which are the final ones when it is the only
+# block; S_NAN counts NaN losses or gradients that valid input produced (a bug).
+(S_COUNT, S_SUM, S_SUM_LO, S_M2, S_MIN, S_MAX, S_WSUM, S_WSUM_LO, S_BAD, S_NAN, S_MEAN,
+ S_WMEAN) = range(12)
+N_STATS = 12
+
 # Layout of the float64 parameter vector.
 # Label smoothing arrives as keep = 1 - ls and half = ls / 2, both rounded in Python:
 # computed in the kernel, fast-math could fold them into y - ls·(y - 1/2).
@@ -77,10 +83,12 @@ N_PARAMS = 9
 def make_block(kind: int, grad: int):
     """Build the serial block function for element ``kind``; ``grad`` adds gradients.
 
-    ``block(s, y, w, pwt, k, prm, scale, out, gout, table, b, i0, i1)`` processes the
-    flat elements [i0, i1) of s, y (whole rows), writes losses to ``out`` (if not
-    empty) and scaled, weighted gradients to ``gout`` (if ``grad``), and its statistics
-    to ``table[b]``. w: N row weights or empty; pwt: pos_weight tiled over a block;
+    ``block(s, y, w, pwt, k, prm, scale, wscale, wden, out, gout, table, b, i0, i1)``
+    processes the flat elements [i0, i1) of s, y (whole rows), writes losses to
+    ``out`` (if not empty) and scaled, weighted gradients to ``gout`` (if ``grad``),
+    and its statistics to ``table[b]``. w: N row weights or empty, each used as
+    w·wscale (a power of two that keeps Σ w·l and Σ w in range); wden: the weighted
+    mean's denominator K·Σ w·wscale as (hi, lo); pwt: pos_weight tiled over a block;
     prm: the N_PARAMS vector.
     """
     KIND, GRAD, STAMP = kind, grad, SOURCE_STAMP
@@ -89,7 +97,7 @@ def make_block(kind: int, grad: int):
     PLAIN = 1 if kind == E.CE_LOGITS_PLAIN else 0
 
     @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-    def block(s, y, w, pwt, k, prm, scale, out, gout, table, b, i0, i1):
+    def block(s, y, w, pwt, k, prm, scale, wscale, wden, out, gout, table, b, i0, i1):
         _ = STAMP  # in the closure, hence in the cache key
         la = prm[P_LA]
         lb = prm[P_LB]
@@ -109,6 +117,7 @@ def make_block(kind: int, grad: int):
         gv = gout[i0:i1]
         buf = out[i0:i1] if out.size > 0 else np.empty(m)
         bad = 0
+        nan = 0
         if t_first:
             # t = e^-|s| in a loop of its own (into buf, which the next loop overwrites):
             # with exp and log1p in one loop body, the dependency chain per element is
@@ -129,7 +138,7 @@ def make_block(kind: int, grad: int):
                 yi = np.float64(yv[j])
                 l, g = E.ce_logits_plain(si, yi, buf[j])
                 buf[j] = l
-                if GRAD:
+                if GRAD:  # (1-y)σ(s) - yσ(-s) of finite parts: NaN only from NaN input
                     gv[j] = g * scale
                 # a NaN in s or y makes l NaN, which the block's sum reveals below
                 vy = yi * (1.0 - yi)
@@ -156,6 +165,7 @@ def make_block(kind: int, grad: int):
                 buf[j] = l
                 if GRAD:
                     gv[j] = g * scale
+                    nan += np.int64(g != g)
                 if prob_input:
                     vs = si * (1.0 - si)
                     bad_s = not (vs >= 0.0)
@@ -166,89 +176,113 @@ def make_block(kind: int, grad: int):
         # Sums run over the float64 buffer, not in the element loop: the order of a
         # vectorised reduction follows the loop's vector shape, which differs between
         # float32 and float64 inputs; over buf it is one and the same for both.
-        acc = 0.0
-        for j in range(m):
-            acc += buf[j]
-        mean = acc / m
-        if PLAIN and acc != acc:  # losses are never NaN for valid input, nor -inf
-            bad += 1
+        # Compensated: the mean of equal losses is that loss, and no sum is less
+        # accurate than NumPy's pairwise one.
+        acc, acc_lo, lmin, lmax = S.dd_sum_minmax(buf, m)
+        lmin = abs(lmin)  # -0.0 is a loss of 0
+        if acc != acc:  # losses are never NaN for valid input, nor -inf
+            if PLAIN:  # a NaN in s or y always makes l NaN: the input check of this kind
+                bad += 1
+            else:
+                nan += 1
+        mean = M.dd_div(acc, acc_lo, float(m), 0.0)
         m2 = 0.0
-        # min/max on the bit patterns: every loss is >= 0 (abs maps -0.0 to 0), where
-        # the int64 order is the float order, and integer min/max reductions vectorise
-        # (float ones do not without `nnan`, which would also drop the NaN checks).
-        bmin = INF_BITS
-        bmax = 0
         for j in range(m):
             d = buf[j] - mean
             m2 += d * d
-            bits = M.f64_bits(buf[j]) & ABS_MASK
-            bmin = bits if bits < bmin else bmin
-            bmax = bits if bits > bmax else bmax
-        lmin = M.bits_f64(bmin)
-        lmax = M.bits_f64(bmax)
         if lmax == np.inf:
             m2 = np.inf
-        wsum = acc
+        wsum, wsum_lo = acc, acc_lo
         if w.size > 0:
-            # the weighted sum and the gradient scaling in separate loops: a float sum
-            # in a loop that also stores could change order with a runtime alias check
-            wsum = 0.0
-            for r in range(i0 // k, (i1 + k - 1) // k):
-                wr = w[r]
-                rs = 0.0
-                for c in range(r * k - i0, r * k - i0 + k):
-                    rs += buf[c]
-                wsum += 0.0 if wr == 0.0 else wr * rs
-            if GRAD:
+            # Σ w·l as Dot2: the rounded products summed by dd_sum, their exact errors
+            # (TwoProduct) summed plainly; a zero weight removes its element, inf loss too
+            wl = np.empty(m)
+            pe = np.empty(m)
+            if k == 1:
+                wv = w[i0:i1]
+                for j in range(m):
+                    wj = wv[j] * wscale
+                    prod, err = M.two_prod(wj, buf[j])
+                    wl[j] = 0.0 if wj == 0.0 else prod
+                    pe[j] = 0.0 if wj == 0.0 else err
+            else:
                 for r in range(i0 // k, (i1 + k - 1) // k):
-                    wr = w[r]
+                    wr = w[r] * wscale
+                    for c in range(r * k - i0, r * k - i0 + k):
+                        prod, err = M.two_prod(wr, buf[c])
+                        wl[c] = 0.0 if wr == 0.0 else prod
+                        pe[c] = 0.0 if wr == 0.0 else err
+            wsum, wsum_lo = S.dd_sum(wl, 1.0, 0, m)
+            esum = 0.0
+            for j in range(m):
+                esum += pe[j]
+            wsum_lo = wsum_lo + esum if abs(wsum) < np.inf else 0.0
+            if GRAD and k == 1:
+                wv = w[i0:i1]
+                for j in range(m):
+                    wj = wv[j] * wscale
+                    gv[j] = 0.0 if wj == 0.0 else gv[j] * wj
+            elif GRAD:
+                for r in range(i0 // k, (i1 + k - 1) // k):
+                    wr = w[r] * wscale
                     for c in range(r * k - i0, r * k - i0 + k):
                         gv[c] = 0.0 if wr == 0.0 else gv[c] * wr
         table[b, S_COUNT] = m
         table[b, S_SUM] = acc
+        table[b, S_SUM_LO] = acc_lo
         table[b, S_M2] = m2
         table[b, S_MIN] = lmin
         table[b, S_MAX] = lmax
         table[b, S_WSUM] = wsum
+        table[b, S_WSUM_LO] = wsum_lo
         table[b, S_BAD] = bad
+        table[b, S_NAN] = nan
+        table[b, S_MEAN] = mean
+        table[b, S_WMEAN] = M.dd_div(wsum, wsum_lo, wden[0], wden[1])
 
     return block
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def run_blocks(block, s, y, w, pwt, k, prm, scale, out, gout, table):
+def run_blocks(block, s, y, w, pwt, k, prm, scale, wscale, wden, out, gout, table):
     """Run ``block`` (a first-class function, so this one driver serves every kind and
     caches) over all blocks of ``pwt.size`` elements, in parallel."""
     n = s.size
     bsize = pwt.size
     for b in prange(table.shape[0]):
         bi = np.int64(b)
-        block(s, y, w, pwt, k, prm, scale, out, gout, table, bi, bi * bsize, min(n, (bi + 1) * bsize))
+        block(s, y, w, pwt, k, prm, scale, wscale, wden, out, gout, table, bi, bi * bsize,
+              min(n, (bi + 1) * bsize))
 
 
 def make_logreg_block():
     """Build the block function of ``logreg_grad`` (a closure only for the cache stamp).
 
-    ``block(X, y, coef, b0, w, gpart, spart, b, r0, r1)`` handles rows [r0, r1) in three
-    vectorised steps: z = X·coef + b0 per row (rows stay in L2), the loss and
-    r = w·(σ(z) - y) for all rows at once (the exp/log1p loop vectorises across rows),
-    then gpart[b] = Σ r·x. X is read from memory once.
-    spart[b] = (Σ w·l, Σ r, Σ w, invalid count).
+    ``block(X, y, coef, b0, w, wscale, gpart, spart, b, r0, r1)`` handles rows
+    [r0, r1) in three vectorised steps: z = X·coef + b0 per row (rows stay in L2), the
+    loss and r = w·(σ(z) - y) for all rows at once (the exp/log1p loop vectorises
+    across rows), then gpart[b] = Σ r·x. X is read from memory once. Weights are used
+    as w·wscale (see weight_prep).
+    spart[b] = (Σ w·l as hi, lo; Σ r; invalid count; NaN count).
     """
     STAMP = SOURCE_STAMP
 
     @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-    def block(X, y, coef, b0, w, gpart, spart, b, r0, r1):
+    def block(X, y, coef, b0, w, wscale, gpart, spart, b, r0, r1):
         _ = STAMP
         d = X.shape[1]
         m = r1 - r0
         z = np.empty(m)
+        xbad = 0
         for i in range(m):
             xi = X[r0 + i]
             acc = 0.0
             for j in range(d):
                 acc += np.float64(xi[j]) * coef[j]
             z[i] = acc + b0
+            if not (abs(z[i]) < np.inf):  # a non-finite feature makes z so (coef is finite)
+                for j in range(d):
+                    xbad += np.int64(not (abs(np.float64(xi[j])) < np.inf))
         # Element loop: stores only (and an exact integer count). Float sums run in
         # store-free loops below: a loop that also stores gets a runtime alias check
         # whose scalar fallback would sum in another order, and results would vary by
@@ -263,22 +297,17 @@ def make_logreg_block():
             yi = yv[i]
             zi = z[i]
             l, g = E.ce_logits(zi, yi, 1.0, lw[i])
-            wi = w[r0 + i] if weighted else 1.0
+            wi = w[r0 + i] * wscale if weighted else 1.0
             lw[i] = 0.0 if wi == 0.0 else wi * l
             z[i] = 0.0 if wi == 0.0 else wi * g
-            # invalid whatever the weight: NaN in z (features) or a label not in {0, 1}
+            # invalid whatever the weight: NaN in z or a label not in {0, 1}
             bad += np.int64((zi != zi) | ((yi != 0.0) & (yi != 1.0)))
-        lsum = 0.0
-        for i in range(m):
-            lsum += lw[i]
+        lsum, lsum_lo = S.dd_sum(lw, 1.0, 0, m)
         rsum = 0.0
+        nan = 0
         for i in range(m):
             rsum += z[i]
-        wsum = float(m)
-        if weighted:
-            wsum = 0.0
-            for i in range(r0, r1):
-                wsum += w[i]
+            nan += np.int64(z[i] != z[i])
         gacc = gpart[b]
         for j in range(d):
             gacc[j] = 0.0
@@ -293,26 +322,27 @@ def make_logreg_block():
             for j in range(d):
                 gacc[j] += r * np.float64(xi[j])
         spart[b, 0] = lsum
-        spart[b, 1] = rsum
-        spart[b, 2] = wsum
-        spart[b, 3] = bad
+        spart[b, 1] = lsum_lo
+        spart[b, 2] = rsum
+        spart[b, 3] = bad + xbad
+        spart[b, 4] = nan + np.int64(lsum != lsum)
 
     return block
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def run_logreg(block, X, y, coef, b0, w, gpart, spart, rows):
+def run_logreg(block, X, y, coef, b0, w, wscale, gpart, spart, rows):
     """Run the logreg ``block`` over all blocks of ``rows`` rows, in parallel."""
     n = X.shape[0]
     for b in prange(gpart.shape[0]):
         bi = np.int64(b)
-        block(X, y, coef, b0, w, gpart, spart, bi, bi * rows, min(n, (bi + 1) * rows))
+        block(X, y, coef, b0, w, wscale, gpart, spart, bi, bi * rows, min(n, (bi + 1) * rows))
 
 
 def _logreg_types(dtype: np.dtype) -> tuple:
     ft = types.float32 if dtype == np.float32 else types.float64
     ro1 = types.Array(types.float64, 1, "C", readonly=True)
-    return (types.Array(ft, 2, "C", readonly=True), ro1, ro1, types.float64, ro1,
+    return (types.Array(ft, 2, "C", readonly=True), ro1, ro1, types.float64, ro1, types.float64,
             types.Array(types.float64, 2, "C"), types.Array(types.float64, 2, "C"))
 
 
@@ -324,49 +354,115 @@ def logreg_driver_signature(dtype: np.dtype) -> tuple:
     return (types.FunctionType(logreg_block_signature(dtype)), *_logreg_types(dtype), types.int64)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def merge_blocks(table):
-    """Combine per-block rows: Neumaier sums, Chan's pairwise M2, min, max, bad count.
+def _build_dd_total():
+    STAMP = SOURCE_STAMP
 
-    Returns (count, sum, mean, M2, min, max, wsum, bad).
-    """
-    count = 0.0
-    mean = 0.0
-    m2 = 0.0
-    s = 0.0
-    sc = 0.0
-    ws = 0.0
-    wc = 0.0
-    lmin = np.inf
-    lmax = -np.inf
-    bad = 0.0
-    for b in range(table.shape[0]):
-        nb = table[b, S_COUNT]
-        bs = table[b, S_SUM]
-        # Neumaier-compensated running sums
-        t = s + bs
-        sc += (s - t) + bs if abs(s) >= abs(bs) else (bs - t) + s
-        s = t
-        bw = table[b, S_WSUM]
-        t = ws + bw
-        wc += (ws - t) + bw if abs(ws) >= abs(bw) else (bw - t) + ws
-        ws = t
-        bmean = bs / nb
-        tot = count + nb
-        if np.isfinite(bmean) and np.isfinite(mean):
-            delta = bmean - mean
-            mean += delta * (nb / tot)
-            m2 += table[b, S_M2] + delta * delta * (count * nb / tot)
-        else:
-            mean = np.inf
-            m2 = np.inf
-        count = tot
-        lmin = min(lmin, table[b, S_MIN])
-        lmax = max(lmax, table[b, S_MAX])
-        bad += table[b, S_BAD]
-    total = s + sc if np.isfinite(s) else s
-    wtotal = ws + wc if np.isfinite(ws) else ws
-    return count, total, total / count, m2, lmin, lmax, wtotal, bad
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def dd_total(hi, lo) -> tuple[float, float]:
+        """Σ (hi[i] + lo[i]) of per-block double-doubles, as (hi, lo)."""
+        _ = STAMP
+        th = 0.0
+        tl = 0.0
+        for i in range(hi.size):
+            th, e = M.two_sum(th, hi[i])
+            tl += e + lo[i]
+        return th, (tl if np.isfinite(th) else 0.0)
+
+    return dd_total
+
+
+dd_total = _build_dd_total()
+
+
+def _build_merge_blocks():
+    STAMP = SOURCE_STAMP
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def merge_blocks(table, wden):
+        """Combine per-block rows: double-double sums (the blocks' his by TwoSum, their los
+        added), Chan's pairwise M2, min, max, bad and NaN counts; the means by dd_div, the
+        weighted one over ``wden`` = (hi, lo) of its denominator.
+
+        Returns (count, sum, mean, M2, min, max, wsum, wmean, bad, nan).
+        """
+        _ = STAMP
+        count = 0.0
+        cmean = 0.0
+        m2 = 0.0
+        sh = 0.0
+        sl = 0.0
+        wh = 0.0
+        wl = 0.0
+        lmin = np.inf
+        lmax = -np.inf
+        bad = 0.0
+        nan = 0.0
+        for b in range(table.shape[0]):
+            nb = table[b, S_COUNT]
+            sh, e = M.two_sum(sh, table[b, S_SUM])
+            sl += e + table[b, S_SUM_LO]
+            wh, e = M.two_sum(wh, table[b, S_WSUM])
+            wl += e + table[b, S_WSUM_LO]
+            bmean = table[b, S_MEAN]
+            tot = count + nb
+            if np.isfinite(bmean) and np.isfinite(cmean):
+                delta = bmean - cmean
+                cmean += delta * (nb / tot)
+                m2 += table[b, S_M2] + delta * delta * (count * nb / tot)
+            else:
+                cmean = np.inf
+                m2 = np.inf
+            count = tot
+            lmin = min(lmin, table[b, S_MIN])
+            lmax = max(lmax, table[b, S_MAX])
+            bad += table[b, S_BAD]
+            nan += table[b, S_NAN]
+        sl = sl if np.isfinite(sh) else 0.0
+        wl = wl if np.isfinite(wh) else 0.0
+        return (count, sh + sl, M.dd_div(sh, sl, count, 0.0), m2, lmin, lmax, wh + wl,
+                M.dd_div(wh, wl, wden[0], wden[1]), bad, nan)
+
+    return merge_blocks
+
+
+merge_blocks = _build_merge_blocks()
+
+
+def _build_weight_prep():
+    STAMP = SOURCE_STAMP
+
+    @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+    def weight_prep(w, normalize: bool) -> tuple[int, float, float, float]:
+        """One look at the row weights: (invalid count, wscale, Σ w·wscale as hi, lo).
+
+        Invalid = NaN, negative or infinite. With ``normalize`` (a weighted mean), wscale
+        is the power of two that brings the largest weight into [1, 2) (capped at 2^1000
+        for subnormal weights): the mean is then the same for any common scale of the
+        weights (bit for bit for powers of two), and neither Σ w nor Σ w·l can overflow
+        or lose a tiny weight's worth to underflow. Otherwise wscale = 1.
+        """
+        _ = STAMP
+        n = w.size
+        bad = 0
+        bmax = 0
+        for i in range(n):
+            v = w[i]
+            bad += np.int64(not ((v >= 0.0) & (v <= 1.7976931348623157e308)))
+            bits = M.f64_bits(v) & ABS_MASK
+            bmax = bits if bits > bmax else bmax
+        if bad > 0:
+            return bad, 1.0, 0.0, 0.0
+        wscale = 1.0
+        if normalize and bmax > 0:
+            e = (bmax >> 52) - 1023  # the largest weight's binary exponent (-1023: subnormal)
+            wscale = M.pow2i(min(max(-e, -1022), 1000))
+        hi, lo = S.dd_sum(w, wscale, 0, n)
+        return 0, wscale, hi, lo
+
+    return weight_prep
+
+
+weight_prep = _build_weight_prep()
 
 
 def _array_types(dtype: np.dtype) -> tuple:
@@ -374,7 +470,8 @@ def _array_types(dtype: np.dtype) -> tuple:
     ro = lambda t: types.Array(t, 1, "C", readonly=True)  # noqa: E731
     rw = types.Array(types.float64, 1, "C")
     return (ro(ft), ro(ft), ro(types.float64), ro(types.float64), types.int64,
-            ro(types.float64), types.float64, rw, rw, types.Array(types.float64, 2, "C"))
+            ro(types.float64), types.float64, types.float64, ro(types.float64), rw, rw,
+            types.Array(types.float64, 2, "C"))
 
 
 def block_signature(dtype: np.dtype):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Sequence
+from decimal import Decimal
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numba
@@ -14,6 +15,7 @@ from numba.core import types
 
 from . import _elements as E
 from . import _drivers as D
+from . import _math as M
 from ._pool import OutputPool
 
 INPUTS = ("logits", "probabilities", "margins")
@@ -26,6 +28,8 @@ _MARGIN_KINDS = {"hinge": E.HINGE, "squared_hinge": E.SQUARED_HINGE,
                  "zero_one": E.ZERO_ONE}
 _SOFT_LOSSES = ("cross_entropy", "focal", "squared_error")
 
+# The smallest eps that clips at both ends: 1 - 2^-53 is the float below 1.
+EPS_MIN = 2.0**-53
 # Below this many elements the serial build wins: a parallel launch costs microseconds.
 PARALLEL_MIN = 1 << 15
 # Elements per block: the block buffer (32 KiB) stays in L1/L2 for the second pass.
@@ -196,9 +200,14 @@ def _logreg_driver():
                          lambda: [D.logreg_driver_signature(dt) for dt in DTYPES])
 
 
+def _weight_prep():
+    return _compile_once(("weights",), lambda: D.weight_prep, lambda: [_WEIGHT_PREP_SIG])
+
+
 def warmup() -> int:
     """Compile (or load from the on-disk cache) every block function and driver the
-    public functions can dispatch to; returns how many signatures are ready."""
+    public functions can dispatch to, and the helpers they call; returns how many
+    signatures are ready."""
     count = 0
     for dt in DTYPES:
         for kind in range(E.N_KINDS):
@@ -209,7 +218,12 @@ def warmup() -> int:
         count += 1
     _driver()
     _logreg_driver()
-    return count + 2 * len(DTYPES)
+    _weight_prep()
+    # the merges compile for the one signature each call site uses
+    D.merge_blocks(np.zeros((2, D.N_STATS)), _WDEN_NONE)
+    spart = np.zeros((2, 5))
+    D.dd_total(spart[:, 0], spart[:, 1])
+    return count + 2 * len(DTYPES) + 3
 
 
 # ---------------------------------------------------------------------- argument checks
@@ -284,19 +298,42 @@ def _float_pair(pred: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pred, lab
 
 
-def _weights(sample_weight, n_rows: int) -> np.ndarray:
+@dataclass(slots=True)
+class _Weights:
+    """Row weights as the kernels use them: w·wscale, and Σ w·wscale as (hi, lo)."""
+
+    w: np.ndarray
+    wscale: float
+    total: float
+    total_lo: float
+
+
+_NO_WEIGHTS = _Weights(np.empty(0), 1.0, 0.0, 0.0)
+_NO_WEIGHTS.w.setflags(write=False)
+_WEIGHT_PREP_SIG = types.Tuple((types.int64, types.float64, types.float64, types.float64))(
+    types.Array(types.float64, 1, "C", readonly=True), types.boolean)
+
+
+def _weights(sample_weight, n_rows: int, normalize: bool) -> _Weights:
+    """Check the weights and measure them in one compiled pass. ``normalize`` (weighted
+    means): scale them by the power of two that brings the largest into [1, 2), so
+    that no sum overflows or underflows and a common factor leaves the mean as it is."""
+    if sample_weight is None:
+        return _NO_WEIGHTS
     w = _as_array("sample_weight", sample_weight)
     if w.ndim != 1 or w.shape[0] != n_rows:
         raise ValueError(f"sample_weight must have one weight per row ({n_rows}), got shape {w.shape}")
     w = np.ascontiguousarray(w, dtype=np.float64)
-    if not w.flags.aligned:  # NumPy sums unaligned data in buffered chunks: other last bits
+    if not w.flags.aligned:  # the compiled code takes aligned arrays
         w = w.copy()
-    ok = np.isfinite(w) & (w >= 0.0)
-    if not ok.all():
+    prep = _compiled.get(("weights",)) or _weight_prep()
+    bad, wscale, total, total_lo = prep(w, normalize)
+    if bad:
+        ok = np.isfinite(w) & (w >= 0.0)
         i = int(np.flatnonzero(~ok)[0])
         what = "is NaN" if w[i] != w[i] else f"= {_fmt(w[i])} is not a finite weight >= 0"
         raise ValueError(f"sample_weight[{i}] {what}")
-    return w
+    return _Weights(w, wscale, total, total_lo)
 
 
 def _pos_weight_columns(pos_weight, k: int) -> np.ndarray:
@@ -314,7 +351,36 @@ def _pos_weight_columns(pos_weight, k: int) -> np.ndarray:
 
 
 def _quantile_key(q: float) -> str:
-    return "p" + format(q * 100.0, "g")
+    """"p" + 100·q written from q's shortest decimal (0.5 -> p50, 0.999 -> p99.9,
+    0.12345671 -> p12.345671): distinct quantiles always get distinct keys."""
+    return "p" + format(Decimal(repr(float(q))).scaleb(2).normalize(), "f")
+
+
+def _quantile_values(quantiles) -> tuple[float, ...]:
+    """``quantiles`` as a tuple of q in [0, 1]: a number, or any iterable of numbers
+    (a list, a tuple, an array, a generator); anything else is a ValueError naming
+    the argument (a string is not a sequence of quantiles here)."""
+    if quantiles is None:
+        return ()
+    if isinstance(quantiles, (str, bytes, dict)) or isinstance(quantiles, (bool, np.bool_)):
+        raise ValueError(f"quantiles must be a number in [0, 1] or a sequence of them, got "
+                         f"{type(quantiles).__name__} {quantiles!r:.40}")
+    if isinstance(quantiles, (int, float, np.number)) or (isinstance(quantiles, np.ndarray)
+                                                           and quantiles.ndim == 0):
+        return (_number("quantiles", quantiles, 0.0, 1.0),)
+    if isinstance(quantiles, np.ndarray) and quantiles.ndim > 1:
+        raise ValueError(f"quantiles must be a number or a 1-D sequence, got shape {quantiles.shape}")
+    try:
+        items = list(quantiles)
+    except TypeError:
+        raise ValueError(f"quantiles must be a number in [0, 1] or a sequence of them, got "
+                         f"{type(quantiles).__name__}") from None
+    out = []
+    for i, q in enumerate(items):
+        if isinstance(q, (str, bytes, bool, np.bool_)) or not isinstance(q, (int, float, np.number)):
+            raise ValueError(f"quantiles[{i}] = {q!r:.40} is not a number")
+        out.append(_number(f"quantiles[{i}]", q, 0.0, 1.0))
+    return tuple(out)
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs microseconds per call
@@ -324,8 +390,7 @@ class _Plan:
     kind: int
     pred: np.ndarray
     lab: np.ndarray
-    w: np.ndarray
-    wtotal: float  # Σ w over rows (N without weights)
+    w: _Weights
     pwt: np.ndarray
     k: int
     prm: np.ndarray
@@ -364,7 +429,10 @@ def _options(input, loss, reduction, label_smoothing, eps, gamma, alpha) -> tupl
     if eps is not None:
         if input != "probabilities" or loss not in ("cross_entropy", "focal"):
             raise ValueError('eps applies to input = "probabilities" with cross_entropy or focal only')
-        e = _number("eps", eps, 0.0, 0.5, lo_open=True, hi_open=True)
+        e = _number("eps", eps, 0.0, 0.5, hi_open=True)
+        if e < EPS_MIN:
+            raise ValueError(f"eps = {_fmt(e)} is below 2^-53 = {EPS_MIN!r}: 1 - eps would round "
+                             "to 1 and clip nothing near 1")
         lo, hi = e, 1.0 - e
 
     if loss == "cross_entropy":
@@ -395,8 +463,7 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
         kind, prm = _options_cached(input, loss, reduction, label_smoothing, eps, gamma, alpha)
     except TypeError:  # an unhashable option value: check it the slow way
         kind, prm = _options(input, loss, reduction, label_smoothing, eps, gamma, alpha)
-    qs = (tuple(_number(f"quantiles[{i}]", q, 0.0, 1.0) for i, q in enumerate(quantiles))
-          if quantiles is not None and len(quantiles) else ())
+    qs = () if (type(quantiles) is tuple and not quantiles) else _quantile_values(quantiles)
 
     pred, lab = predictions, labels
     if not (type(pred) is np.ndarray and type(lab) is np.ndarray and pred.dtype is lab.dtype
@@ -411,9 +478,8 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
     n_rows = pred.shape[0]
     k = 1 if pred.ndim == 1 else pred.shape[1]
 
-    w = _EMPTY if sample_weight is None else _weights(sample_weight, n_rows)
-    wtotal = float(w.sum()) if w.size else float(n_rows)
-    if reduction == "mean" and w.size and not wtotal > 0.0:
+    w = _weights(sample_weight, n_rows, reduction == "mean")
+    if reduction == "mean" and w.w.size and not w.total > 0.0:
         raise ValueError('sample_weight sums to 0: reduction = "mean" is undefined')
 
     rows_per_block = max(1, BLOCK // k)
@@ -427,11 +493,12 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
             raise ValueError(f"pos_weight applies to cross_entropy only, not {loss!r}")
         pwt = np.tile(_pos_weight_columns(pos_weight, k), rows_per_block)
         kind = E.CE_LOGITS if kind == E.CE_LOGITS_PLAIN else kind
-    return _Plan(kind, pred, lab, w, wtotal, pwt, k, prm, reduction, qs, input)
+    return _Plan(kind, pred, lab, w, pwt, k, prm, reduction, qs, input)
 
 
-def _first_bad(plan: _Plan) -> str:
-    """The message for the first invalid element (only run once the kernel saw one)."""
+def _first_bad(plan: _Plan) -> str | None:
+    """The message for the first invalid element (only run once the kernel saw one);
+    None if there is none (then the kernel's NaN came from valid input: a bug)."""
     p = plan.pred.ravel()
     if plan.kind in E.PROB_KINDS:
         badp = ~((p >= 0.0) & (p <= 1.0))
@@ -449,6 +516,8 @@ def _first_bad(plan: _Plan) -> str:
     bady = ~((y01 >= 0.0) & (y01 <= 1.0))
     if discrete:
         bady |= (y01 != 0.0) & (y01 != 1.0)
+    if not bady.any():
+        return None
     i = int(np.flatnonzero(bady)[0])
     where = _index(i, plan.lab.shape)
     if y[i] != y[i]:
@@ -461,14 +530,22 @@ def _first_bad(plan: _Plan) -> str:
 
 
 def _single_block(table: np.ndarray) -> tuple:
-    """merge_blocks' (count, sum, mean, M2, min, max, wsum, bad) for a one-row table,
-    without a compiled call (every serial call without pos_weight is one block)."""
-    count, total, m2, lmin, lmax, wsum, bad = table[0].tolist()
-    return count, total, total / count, m2, lmin, lmax, wsum, bad
+    """merge_blocks' (count, sum, mean, M2, min, max, wsum, wmean, bad, nan) for a
+    one-row table, without a compiled call (every serial call without pos_weight is one
+    block, and a block finishes its own means)."""
+    (count, total, total_lo, m2, lmin, lmax, wsum, wsum_lo, bad, nan, mean,
+     wmean) = table[0].tolist()
+    total = total + total_lo if math.isfinite(total) else total
+    wsum = wsum + wsum_lo if math.isfinite(wsum) else wsum
+    return count, total, mean, m2, lmin, lmax, wsum, wmean, bad, nan
+
+
+class KernelError(ArithmeticError):
+    """A kernel produced NaN from valid input: a bug, never reported as a result."""
 
 
 def _stats(merged, losses_for_quantiles: np.ndarray | None, quantiles) -> dict[str, float]:
-    count, total, mean, m2, lmin, lmax, _, _ = merged
+    count, total, mean, m2, lmin, lmax = merged[:6]
     std = math.sqrt(m2 / count) if m2 < math.inf else math.inf
     out = {"count": int(count), "sum": float(total), "mean": float(mean), "std": float(std),
            "min": float(lmin), "max": float(lmax)}
@@ -483,18 +560,37 @@ def _stats(merged, losses_for_quantiles: np.ndarray | None, quantiles) -> dict[s
     return out
 
 
+_WDEN_NONE = np.array([1.0, 0.0])
+_WDEN_NONE.setflags(write=False)
+
+
+def _weighted_mean_denominator(plan: _Plan) -> np.ndarray:
+    """K·Σ w·wscale as a double-double (the weighted mean's denominator)."""
+    if not plan.w.w.size or plan.reduction != "mean":
+        return _WDEN_NONE
+    hi, lo = M.two_prod(float(plan.k), plan.w.total)
+    den = np.array([hi, lo + plan.k * plan.w.total_lo])
+    den.setflags(write=False)
+    return den
+
+
 def _run(plan: _Plan, grad: bool):
     n = plan.pred.size
     out = _output_pool.empty(n) if (plan.reduction == "none" or plan.quantiles) else _NO_OUTPUT
     gout = _output_pool.empty(n) if grad else _NO_OUTPUT
-    scale = 1.0 / (plan.k * plan.wtotal) if plan.reduction == "mean" else 1.0
+    weighted = plan.w.w.size > 0
+    wden = _weighted_mean_denominator(plan)
+    if plan.reduction == "mean":
+        scale = 1.0 / (wden[0] if weighted else plan.k * plan.pred.shape[0])
+    else:
+        scale = 1.0
     # _block's own lookup, inlined: a call frame is ~4% of a 10-element call
     block = _compiled.get(("block", plan.kind, grad, plan.pred.dtype.char))
     if block is None:
         block = _block(plan.kind, grad, plan.pred.dtype)
     flat = plan.pred.ndim == 1
     args = (plan.pred if flat else plan.pred.reshape(-1), plan.lab if flat else plan.lab.reshape(-1),
-            plan.w, plan.pwt, plan.k, plan.prm, scale, out, gout)
+            plan.w.w, plan.pwt, plan.k, plan.prm, scale, plan.w.wscale, wden, out, gout)
     nb = (n + plan.pwt.size - 1) // plan.pwt.size
     table = np.empty((nb, D.N_STATS))
     if n >= PARALLEL_MIN:
@@ -505,12 +601,17 @@ def _run(plan: _Plan, grad: bool):
     else:  # blocks must stay within pwt's length; a few compiled calls cost ~1 µs each
         for b in range(nb):
             block(*args, table, b, b * plan.pwt.size, min(n, (b + 1) * plan.pwt.size))
-    merged = D.merge_blocks(table) if nb > 1 else _single_block(table)
-    if merged[7] > 0:
-        raise ValueError(_first_bad(plan))
+    merged = D.merge_blocks(table, wden) if nb > 1 else _single_block(table)
+    if merged[8] > 0:
+        msg = _first_bad(plan)
+        if msg is not None:
+            raise ValueError(msg)
+    if merged[8] > 0 or merged[9] > 0:
+        raise KernelError(f"NaN {'gradient' if merged[9] and grad else 'loss'} from valid input "
+                          f"(kind {plan.kind}, n = {n}): a lossd bug, no result is returned")
     stats = _stats(merged, out if plan.quantiles else None, plan.quantiles)
     if plan.reduction == "mean":
-        value = merged[6] / (plan.k * plan.wtotal)
+        value = merged[7] if weighted else merged[2]
     elif plan.reduction == "sum":
         value = merged[6]
     else:
@@ -518,10 +619,11 @@ def _run(plan: _Plan, grad: bool):
     losses = None
     if plan.reduction == "none":
         losses = out.reshape(plan.pred.shape)
-        if plan.w.size:
-            wcol = plan.w.reshape((-1,) + (1,) * (losses.ndim - 1))
+        if weighted:
+            wcol = plan.w.w.reshape((-1,) + (1,) * (losses.ndim - 1))
             # 0·inf counts as 0: a zero weight removes the element
-            losses = np.multiply(losses, wcol, out=np.zeros_like(losses), where=wcol != 0.0)
+            with np.errstate(over="ignore"):  # w·l beyond the float range is inf
+                losses = np.multiply(losses, wcol, out=np.zeros_like(losses), where=wcol != 0.0)
     g = gout.reshape(plan.pred.shape) if grad else None
     return (None if value is None else float(value)), losses, stats, g
 
@@ -529,7 +631,7 @@ def _run(plan: _Plan, grad: bool):
 def loss(predictions, labels, *, input: str = "logits", loss: str = "cross_entropy",
          reduction: str = "mean", sample_weight=None, pos_weight=None,
          label_smoothing: float = 0.0, eps: float | None = None, gamma: float = 2.0,
-         alpha: float | None = None, quantiles: Sequence[float] = (),
+         alpha: float | None = None, quantiles: float | Iterable[float] = (),
          dtype: str = "float64") -> LossResult:
     """Loss of ``predictions`` (N or N×K) against ``labels``; see the README for forms.
     ``dtype="float32"`` returns the per-element array as float32 (computed in float64)."""
@@ -544,7 +646,7 @@ def loss(predictions, labels, *, input: str = "logits", loss: str = "cross_entro
 def grad(predictions, labels, *, input: str = "logits", loss: str = "cross_entropy",
          reduction: str = "mean", sample_weight=None, pos_weight=None,
          label_smoothing: float = 0.0, eps: float | None = None, gamma: float = 2.0,
-         alpha: float | None = None, quantiles: Sequence[float] = (),
+         alpha: float | None = None, quantiles: float | Iterable[float] = (),
          dtype: str = "float64") -> GradResult:
     """d(reduced loss)/d(predictions), with the loss and its statistics."""
     plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
@@ -595,28 +697,48 @@ def logreg_grad(features, labels, coef, intercept: float = 0.0, *, sample_weight
     lam = _number("l2", l2, 0.0, np.inf, hi_open=True)
     X = np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
-    w = _EMPTY if sample_weight is None else _weights(sample_weight, n)
-    if w.size and not w.sum() > 0.0:
+    w = _weights(sample_weight, n, True)
+    if w.w.size and not w.total > 0.0:
         raise ValueError("sample_weight sums to 0: the mean loss is undefined")
 
     nb = (n + LOGREG_ROWS - 1) // LOGREG_ROWS
     gpart = np.empty((nb, d))
-    spart = np.empty((nb, 4))
+    spart = np.empty((nb, 5))
     block = _logreg_block(X.dtype)
     if n * d >= PARALLEL_MIN and nb > 1:
         _apply_threads()
-        _logreg_driver()(_logreg_pointer(X.dtype), X, y, c, b0, w, gpart, spart, LOGREG_ROWS)
+        _logreg_driver()(_logreg_pointer(X.dtype), X, y, c, b0, w.w, w.wscale, gpart, spart,
+                         LOGREG_ROWS)
     else:
         for b in range(nb):
-            block(X, y, c, b0, w, gpart, spart, b, b * LOGREG_ROWS, min(n, (b + 1) * LOGREG_ROWS))
+            block(X, y, c, b0, w.w, w.wscale, gpart, spart, b, b * LOGREG_ROWS,
+                  min(n, (b + 1) * LOGREG_ROWS))
     if spart[:, 3].sum() > 0:
         raise ValueError(_first_bad_logreg(X, y, c, b0))
-    wsum = spart[:, 2].sum()
-    # without l2 the penalty is absent, not 0·‖c‖² (which is NaN once ‖c‖² overflows)
-    penalty = 0.5 * lam * float(np.sum(c * c)) if lam else 0.0
-    loss_value = float(np.sum(spart[:, 0]) / wsum + penalty)
-    gcoef = gpart.sum(axis=0) / wsum + lam * c
-    return ParamGrad(loss_value, gcoef, float(np.sum(spart[:, 1]) / wsum))
+    if spart[:, 4].sum() > 0:
+        raise KernelError(f"NaN from valid input in logreg_grad (N = {n}, D = {d}): a lossd bug")
+    den, den_lo = (w.total, w.total_lo) if w.w.size else (float(n), 0.0)
+    lsum, lsum_lo = D.dd_total(spart[:, 0], spart[:, 1])
+    with np.errstate(over="ignore"):  # l2·coef beyond the float range is inf, as it should
+        gcoef = gpart.sum(axis=0) / den + lam * c
+    loss_value = M.dd_div(lsum, lsum_lo, den, den_lo) + _half_l2_penalty(lam, c)
+    return ParamGrad(float(loss_value), gcoef, float(np.sum(spart[:, 2]) / den))
+
+
+def _half_l2_penalty(lam: float, c: np.ndarray) -> float:
+    """(l2/2)·‖c‖², without overflow or underflow in the steps: ‖c‖² of c = 1e200 is
+    beyond the float range, while l2 = 1e-300 brings the penalty back to 5e99.
+    Absent (0, not 0·inf) when l2 = 0."""
+    big = float(np.max(np.abs(c))) if lam and c.size else 0.0
+    if big == 0.0:
+        return 0.0
+    ce = math.frexp(big)[1]
+    cs = np.ldexp(c, -ce)  # exact: a power of two; entries below 2^-1074 of the largest vanish
+    lm, le = math.frexp(lam)
+    try:
+        return math.ldexp(0.5 * lm * float(np.sum(cs * cs)), le + 2 * ce)  # no BLAS: same bits every call
+    except OverflowError:
+        return math.inf
 
 
 def _first_bad_logreg(X: np.ndarray, y: np.ndarray, c: np.ndarray, b0: float) -> str:

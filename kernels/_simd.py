@@ -1,0 +1,188 @@
+"""Compensated sums written as vector IR.
+
+LLVM vectorises a plain reduction (with ``reassoc``) but not an error-free one: TwoSum
+carries each partial sum into the next step, and a scalar TwoSum loop costs ~1 ns per
+element where the whole loss costs ~2.5. These intrinsics emit the loops directly as
+``<8 x double>`` IR: two accumulator pairs (hi, lo) of TwoSums, 16 lanes, ~0.25 ns per
+element, and the lanes are folded by scalar TwoSums at the end. The IR carries no
+fast-math flags, and Numba applies a function's flags to every instruction in it, so
+they are only ever called from the strict wrappers in this module, which LLVM inlines
+into the kernels with the flags intact (as ``_math`` does for its error-free steps).
+
+Accuracy: hi + lo is the exact sum to ~2^-100 relative for non-negative summands (and
+to ~2^-100 of Σ|x| in general), so ``fl(hi + lo)`` is the correctly rounded sum but for
+near-ties, whatever the order of the summands; the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+VL = 8  # doubles per vector
+NACC = 2  # accumulator pairs: two vectors in flight hide the add latency
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_DBL = ir.DoubleType()
+_VEC = ir.VectorType(_DBL, VL)
+
+
+def _loop(builder, start, stop, step, init, body):
+    """Emit ``for i in range(start, stop, step)`` (stop - start a multiple of step,
+    possibly 0) carrying the values ``init``: body(i, values) -> new values. Returns
+    the values after the loop."""
+    pre = builder.block
+    loop = builder.append_basic_block("loop")
+    after = builder.append_basic_block("loop.after")
+    builder.cbranch(builder.icmp_signed("<", start, stop), loop, after)
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    vals = [builder.phi(v.type) for v in init]
+    i.add_incoming(start, pre)
+    for phi, v in zip(vals, init):
+        phi.add_incoming(v, pre)
+    new = body(i, vals)
+    nxt = builder.add(i, ir.Constant(_I64, step))
+    end = builder.block
+    i.add_incoming(nxt, end)
+    for phi, v in zip(vals, new):
+        phi.add_incoming(v, end)
+    builder.cbranch(builder.icmp_signed("<", nxt, stop), loop, after)
+    builder.position_at_end(after)
+    out = []
+    for v0, v in zip(init, new):
+        phi = builder.phi(v0.type)
+        phi.add_incoming(v0, pre)
+        phi.add_incoming(v, end)
+        out.append(phi)
+    return out
+
+
+def _two_sum(builder, a, b):
+    s = builder.fadd(a, b)
+    bp = builder.fsub(s, a)
+    return s, builder.fadd(builder.fsub(a, builder.fsub(s, bp)), builder.fsub(b, bp))
+
+
+def _minmax_fn(builder, name: str, ty):
+    """llvm.minnum / llvm.maxnum on ty (NaN operands ignored)."""
+    suffix = f"v{ty.count}f64" if isinstance(ty, ir.VectorType) else "f64"
+    full = f"llvm.{name}.{suffix}"
+    fn = builder.module.globals.get(full)
+    return fn if fn is not None else ir.Function(builder.module, ir.FunctionType(ty, [ty, ty]), full)
+
+
+def _splat(builder, x):
+    v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(_VEC, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, VL), [0] * VL))
+
+
+def _lane(builder, v, j: int):
+    return builder.extract_element(v, ir.Constant(_I32, j))
+
+
+def _emit_sum(builder, base, count, scale, minmax: bool):
+    """(hi, lo[, min, max]) of base[0:count]·scale (scale None: no multiply)."""
+    step = NACC * VL
+    vmin = _minmax_fn(builder, "minnum", _VEC)
+    vmax = _minmax_fn(builder, "maxnum", _VEC)
+    smin = _minmax_fn(builder, "minnum", _DBL)
+    smax = _minmax_fn(builder, "maxnum", _DBL)
+    vscale = None if scale is None else _splat(builder, scale)
+    zero = ir.Constant(_VEC, [0.0] * VL)
+    init = [zero] * (2 * NACC)
+    if minmax:
+        init += [ir.Constant(_VEC, [np.inf] * VL), ir.Constant(_VEC, [-np.inf] * VL)]
+
+    def body(i, vals):
+        out = list(vals)
+        for a in range(NACC):
+            ptr = builder.gep(base, [builder.add(i, ir.Constant(_I64, a * VL))])
+            x = builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=8)
+            if vscale is not None:
+                x = builder.fmul(x, vscale)
+            s, e = _two_sum(builder, vals[2 * a], x)
+            out[2 * a] = s
+            out[2 * a + 1] = builder.fadd(vals[2 * a + 1], e)
+            if minmax:
+                out[-2] = builder.call(vmin, [out[-2], x])
+                out[-1] = builder.call(vmax, [out[-1], x])
+        return out
+
+    vec_end = builder.mul(builder.sdiv(count, ir.Constant(_I64, step)), ir.Constant(_I64, step))
+    vals = _loop(builder, ir.Constant(_I64, 0), vec_end, step, init, body)
+    hi = ir.Constant(_DBL, 0.0)
+    lo = ir.Constant(_DBL, 0.0)
+    for a in range(NACC):
+        for j in range(VL):
+            hi, e = _two_sum(builder, hi, _lane(builder, vals[2 * a], j))
+            lo = builder.fadd(lo, builder.fadd(e, _lane(builder, vals[2 * a + 1], j)))
+    tail = [hi, lo]
+    if minmax:
+        mn, mx = _lane(builder, vals[-2], 0), _lane(builder, vals[-1], 0)
+        for j in range(1, VL):
+            mn = builder.call(smin, [mn, _lane(builder, vals[-2], j)])
+            mx = builder.call(smax, [mx, _lane(builder, vals[-1], j)])
+        tail += [mn, mx]
+
+    def tail_body(i, vals):
+        x = builder.load(builder.gep(base, [i]))
+        if scale is not None:
+            x = builder.fmul(x, scale)
+        s, e = _two_sum(builder, vals[0], x)
+        out = [s, builder.fadd(vals[1], e)]
+        if minmax:
+            out += [builder.call(smin, [vals[2], x]), builder.call(smax, [vals[3], x])]
+        return out
+
+    return _loop(builder, vec_end, count, 1, tail, tail_body)
+
+
+@intrinsic
+def _sum_lanes(typingctx, arr, scale, start, count):  # noqa: ARG001
+    """(hi, lo) of Σ arr[start:start+count]·scale."""
+    sig = types.UniTuple(types.float64, 2)(arr, types.float64, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        vals = _emit_sum(builder, builder.gep(ary.data, [args[2]]), args[3], args[1], False)
+        return context.make_tuple(builder, signature.return_type, vals)
+
+    return sig, codegen
+
+
+@intrinsic
+def _sum_minmax_lanes(typingctx, arr, count):  # noqa: ARG001
+    """(hi, lo, min, max) of arr[0:count]; min and max ignore NaN (minnum/maxnum)."""
+    sig = types.UniTuple(types.float64, 4)(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        vals = _emit_sum(builder, ary.data, args[1], None, True)
+        return context.make_tuple(builder, signature.return_type, vals)
+
+    return sig, codegen
+
+
+_ARRAYS = ("Array(float64, 1, 'C')", "Array(float64, 1, 'C', readonly=True)")
+_strict = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@njit([f"UniTuple(float64, 2)({a}, float64, intp, intp)" for a in _ARRAYS], **_strict)
+def dd_sum(x, scale: float, start: int, count: int) -> tuple[float, float]:
+    """Σ x[start:start+count]·scale (scale a power of two, so the products are exact)
+    as a double-double (hi, lo). An infinite sum has lo = 0 (its TwoSum errors are
+    NaN); a NaN summand makes hi NaN."""
+    hi, lo = _sum_lanes(x, scale, start, count)
+    return hi, (lo if abs(hi) < np.inf else 0.0)
+
+
+@njit("UniTuple(float64, 4)(Array(float64, 1, 'C'), intp)", **_strict)
+def dd_sum_minmax(x, count: int) -> tuple[float, float, float, float]:
+    """(hi, lo, min, max) of x[0:count] in one pass: the sum as in ``dd_sum``, min and
+    max ignoring NaN (the sum reveals one)."""
+    hi, lo, mn, mx = _sum_minmax_lanes(x, count)
+    return hi, (lo if abs(hi) < np.inf else 0.0), mn, mx
