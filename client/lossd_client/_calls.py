@@ -55,15 +55,28 @@ def _differs(value: Any, default: float) -> bool:
     return value != default or math.copysign(1.0, value) != math.copysign(1.0, default)
 
 
-def _quantiles(quantiles: Sequence[float]) -> str | None:
+def _quantiles(quantiles: Any) -> str | None:
     """OIP parameters are scalars: quantiles go as a comma-separated string of reprs
-    (exact), in the caller's order, which is the order of the p-keys in ``stats``."""
+    (exact), in the caller's order, which is the order of the p-keys in ``stats``.
+    A number or any iterable of numbers, as in ``lossd.kernels``."""
+    if quantiles is None:
+        return None
+    if isinstance(quantiles, (str, bytes, dict, bool)):
+        raise ValueError(f"quantiles must be a number in [0, 1] or a sequence of them, got "
+                         f"{type(quantiles).__name__} {quantiles!r:.40}")
+    if isinstance(quantiles, (int, float, np.number)) or (isinstance(quantiles, np.ndarray)
+                                                           and quantiles.ndim == 0):
+        quantiles = [quantiles]
+    try:
+        items = list(np.asarray(quantiles).reshape(-1)) if isinstance(quantiles, np.ndarray) else list(quantiles)
+    except TypeError:
+        raise ValueError(f"quantiles must be a number in [0, 1] or a sequence of them, got "
+                         f"{type(quantiles).__name__}") from None
     qs = []
-    for i, q in enumerate(quantiles):
-        try:
-            qs.append(repr(float(q)))
-        except (TypeError, ValueError):
-            raise ValueError(f"quantiles[{i}] = {q!r} is not a number") from None
+    for i, q in enumerate(items):
+        if isinstance(q, (str, bytes, bool, np.bool_)) or not isinstance(q, (int, float, np.number)):
+            raise ValueError(f"quantiles[{i}] = {q!r:.40} is not a number")
+        qs.append(repr(float(q)))
     return ",".join(qs) or None
 
 
