@@ -81,9 +81,10 @@ def _parse(body: bytes | memoryview) -> Any:
 
 def decode_body_fast(body: bytes | memoryview, array_fields: frozenset[str]) -> dict[str, Any] | None:
     """The body with each flat number list of ``array_fields`` already a float64 array
-    (float32 when the body asks ``"dtype": "float32"``), or None when this path does not
-    apply: anything unusual (nested or mixed lists, non-finite strings, booleans, duplicate
-    keys, invalid JSON) goes to ``decode_body``, which gives the exact error messages.
+    (``dtype: "float32"`` narrows later, in precision.py, for every path alike), or None
+    when this path does not apply: anything unusual (nested or mixed lists, non-finite
+    strings, booleans, duplicate keys, invalid JSON) goes to ``decode_body``, which gives
+    the exact error messages.
 
     For 10^5-element arrays this is ~2.5x faster than orjson + NumPy: no Python float is
     ever made.
@@ -125,10 +126,6 @@ def decode_body_fast(body: bytes | memoryview, array_fields: frozenset[str]) -> 
     # only the slow path can tell a 2-D array from a malformed one.
     if _count_brackets(body) != arrays:
         return None
-    if out.get("dtype") == "float32":
-        for key in array_fields & out.keys():
-            if isinstance(out[key], np.ndarray):
-                out[key] = _narrow(key, out[key])
     return out
 
 
@@ -147,8 +144,9 @@ def finite_float(text: str) -> float:
     return v
 
 
-def to_array(name: str, value: Any, dtype: np.dtype | type = np.float64) -> np.ndarray:
-    """A JSON list (of numbers, or of equal-length lists of numbers) as a float array.
+def to_array(name: str, value: Any) -> np.ndarray:
+    """A JSON list (of numbers, or of equal-length lists of numbers) as a float64 array
+    (true/false are 1/0). ``dtype: "float32"`` narrows it later (precision.py).
 
     The fast path is one C conversion; the slow path, taken only when the list holds
     something else, maps the non-finite strings and names the first bad element.
@@ -162,32 +160,7 @@ def to_array(name: str, value: Any, dtype: np.dtype | type = np.float64) -> np.n
         arr = None  # ragged rows: found and named below
     if arr is None or arr.dtype.kind not in "fiub":
         arr = _slow_array(name, value, np.float64)
-    if arr.dtype == dtype:
-        return arr
-    if np.dtype(dtype) == np.float32:
-        return _narrow(name, arr)
-    return arr.astype(dtype)
-
-
-def to_float32(wide: np.ndarray) -> tuple[np.ndarray, int | None]:
-    """``wide`` as float32, and the flat index of the first finite value that became
-    infinite (it would silently change the loss), or None."""
-    with np.errstate(over="ignore"):  # overflow is found (and named by the caller) below
-        narrow = wide.astype(np.float32)
-    if np.isfinite(narrow).all():
-        return narrow, None
-    over = (np.isinf(narrow) & np.isfinite(wide)).reshape(-1)
-    return narrow, (int(np.flatnonzero(over)[0]) if over.any() else None)
-
-
-def _narrow(name: str, arr: np.ndarray) -> np.ndarray:
-    out, bad = to_float32(arr)
-    if bad is not None:
-        where = tuple(int(i) for i in np.unravel_index(bad, arr.shape))
-        at = "".join(f"[{i}]" for i in where)
-        raise RequestError.at((name, *where), f"{name}{at} = {float(arr[where])!r} is beyond the "
-                              'float32 range (dtype = "float32")', kind="value_error")
-    return out
+    return arr if arr.dtype == np.float64 else arr.astype(np.float64)
 
 
 def _slow_array(name: str, value: list, dtype) -> np.ndarray:

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .codec_json import NONFINITE, loads, nonfinite_as_text, to_float32
+from .codec_json import NONFINITE, loads, nonfinite_as_text
+from .precision import to_float32
 
 HEADER_LENGTH = "inference-header-content-length"
 

@@ -395,7 +395,9 @@ def test_parameters(triton, case, model):
 def test_dtype_float32_outputs(triton, reduction, binary_out):
     pred, lab = logits((30, 2)), hard01((30, 2))
     params = {"dtype": "float32", "reduction": reduction}
-    g = kernels.grad(pred, lab, dtype="float32", reduction=reduction)
+    # FP64 inputs are narrowed to float32 values, as over JSON (README: dtype)
+    p32, l32 = pred.astype(np.float32), lab.astype(np.float32)
+    g = kernels.grad(p32, l32, dtype="float32", reduction=reduction)
     exp = expected_outputs(g)
     assert exp["grad"].dtype == np.float32
     res = infer(triton, "grad", {"predictions": pred, "labels": lab}, parameters=params,
@@ -407,7 +409,7 @@ def test_dtype_float32_outputs(triton, reduction, binary_out):
         assert dts["losses"] == "FP32"
     else:
         assert dts["loss"] == "FP64"
-    r = kernels.loss(pred, lab, dtype="float32", reduction=reduction)
+    r = kernels.loss(p32, l32, dtype="float32", reduction=reduction)
     res = infer(triton, "loss", {"predictions": pred, "labels": lab}, parameters=params,
                 binary=not binary_out)
     check_result(res, expected_outputs(r))
