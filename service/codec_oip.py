@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .codec_json import NONFINITE, loads, nonfinite_as_text
+from .codec_json import NONFINITE, DuplicateKey, loads, nonfinite_as_text
 from .precision import to_float32
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -81,6 +81,9 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
         header_raw, blob = body[:hlen], memoryview(body)[hlen:]
     try:
         header = loads(header_raw)
+    except DuplicateKey as exc:
+        raise OipError(f"the request header has a {exc}" if exc.path else
+                       f"the request header has a {exc} at its top level") from None
     except ValueError as exc:
         raise OipError(f"the request header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):

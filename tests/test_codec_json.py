@@ -72,21 +72,53 @@ def test_both_paths_give_float64_and_narrowing_is_one_function():
     b'{"predictions": [1, [2]], "labels": [1, 0]}',                    # mixed depth
     b'{"predictions": [1, "Infinity"], "labels": [1, 0]}',             # non-finite string
     b'{"predictions": [1, 2], "labels": [true, false]}',               # booleans
-    b'{"predictions": [1, 2], "labels": [1, 0], "labels": [0, 1]}',    # duplicate key
     b'{"predictions": [1, 2], "labels": [1, 0], "note": "a [b"}',      # "[" in a string
     b'{"predictions": [1, 2], "labels": [1, 0], "x": {"y": [1]}}',     # a list inside an object
     b'{"predictions": [1e400], "labels": [1]}',                        # beyond float64
     b'{"predictions": [Infinity], "labels": [1]}',                     # bare token
+    b'\xef\xbb\xbf{"predictions": [1, 2], "labels": [1, 0]}',        # BOM: orjson refuses it
     b'[1, 2]', b'{"predictions": [1, 2', b'',
 ])
 def test_unusual_bodies_take_the_orjson_path(body):
     assert codec_json.decode_body_fast(body, FIELDS) is None
 
 
-def test_duplicate_keys_resolve_like_orjson():
-    body = b'{"predictions": [5.0], "labels": [1], "predictions": [0.5]}'
-    assert codec_json.decode_body_fast(body, FIELDS) is None
-    assert orjson.loads(body)["predictions"] == [0.5]
+DUPLICATES = [
+    # body, loc after "body", message
+    (b'{"predictions": [5.0], "labels": [1], "predictions": [0.5]}', ["predictions"],
+     'duplicate key "predictions"'),
+    (b'{"predictions": [[1], [2]], "labels": [[1], [0]], "labels": [[0], [0]]}', ["labels"],
+     'duplicate key "labels"'),
+    (b'{"predictions": [1, "Infinity"], "labels": [1, 0], "reduction": "sum", "reduction": "none"}',
+     ["reduction"], 'duplicate key "reduction"'),
+    (b'{"predictions": [1, Infinity], "labels": [1, 0], "gamma": 1, "gamma": 2}', ["gamma"],
+     'duplicate key "gamma"'),
+    (b'{"predictions": [1], "labels": [1], "x": {"a": 1, "a": 2}}', ["x", "a"], 'duplicate key "a" in x'),
+    (b'{"predictions": [1], "labels": [1], "quantiles": [0.5, {"q": [{"b": 1, "b": 1}]}]}',
+     ["quantiles", 1, "q", 0, "b"], 'duplicate key "b" in quantiles[1].q[0]'),
+    (b'{"predictions": [1, {"a": 1, "a": 2}], "labels": [1, 0]}', ["predictions", 1, "a"],
+     'duplicate key "a" in predictions[1]'),
+    (b'{"predictions": [1], "labels": [1], "n": 100000000000000000000, "n": 1}', ["n"],
+     'duplicate key "n"'),  # a 65-bit integer: simdjson refuses it, the stdlib check runs
+]
+
+
+@pytest.mark.parametrize("body,loc,msg", DUPLICATES)
+def test_duplicate_keys_are_refused_on_every_path(body, loc, msg):
+    want = [{"type": "duplicate_key", "loc": ["body", *loc], "msg": msg}]
+    with pytest.raises(RequestError) as info:
+        codec_json.decode(body, FIELDS)
+    assert info.value.detail == want
+    with pytest.raises(RequestError) as info:  # the orjson / stdlib path on its own
+        codec_json.decode_body(body)
+    assert info.value.detail == want
+
+
+def test_duplicate_key_check_keeps_the_fast_path():
+    body = json.dumps({"predictions": [0.5] * 100, "labels": [1] * 100, "quantiles": [0.5],
+                       "x": {"a": 1, "b": {"a": 2}}}).encode()
+    assert codec_json.decode_body_fast(body, FIELDS) is not None  # nested objects, no repeat
+    assert codec_json.decode(body, FIELDS)["x"] == {"a": 1, "b": {"a": 2}}
 
 
 def test_thread_parser_is_reused_and_results_stay_independent():

@@ -693,6 +693,33 @@ MALFORMED = [
      ["input 'labels': INT8 data must be integers"]),
     ("duplicate tensor", "loss", _json({"inputs": [jt("predictions", P2), jt("labels", L2), jt("labels", L2)]}),
      ["input 'labels' appears twice"]),
+    ("duplicate request parameter", "loss",
+     _json(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "shape": [1], "data": [0.5]}, '
+           b'{"name": "labels", "datatype": "FP64", "shape": [1], "data": [1]}], '
+           b'"parameters": {"reduction": "sum", "reduction": "none"}}'),
+     ['duplicate key "reduction" in parameters']),
+    ("duplicate key in an input tensor", "loss",
+     _json(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "datatype": "FP32", "shape": [1], '
+           b'"data": [0.5]}, {"name": "labels", "datatype": "FP64", "shape": [1], "data": [1]}]}'),
+     ['duplicate key "datatype" in inputs[0]']),
+    ("duplicate key in outputs[].parameters", "loss",
+     _json(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "shape": [1], "data": [0.5]}, '
+           b'{"name": "labels", "datatype": "FP64", "shape": [1], "data": [1]}], '
+           b'"outputs": [{"name": "loss", "parameters": {"binary_data": true, "binary_data": false}}]}'),
+     ['duplicate key "binary_data" in outputs[0].parameters']),
+    ("duplicate top-level key", "loss",
+     _json(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "shape": [1], "data": [0.5]}, '
+           b'{"name": "labels", "datatype": "FP64", "shape": [1], "data": [1]}], "id": "a", "id": "b"}'),
+     ['duplicate key "id" at its top level']),
+    ("duplicate key in a binary header's tensor parameters", "loss",
+     _frame(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "shape": [2], '
+            b'"parameters": {"binary_data_size": 16, "binary_data_size": 16}}, '
+            b'{"name": "labels", "datatype": "FP64", "shape": [2], "parameters": {"binary_data_size": 16}}]}'),
+     ['duplicate key "binary_data_size" in inputs[0].parameters']),
+    ("duplicate key with a bare NaN token", "loss",
+     _json(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "shape": [1], "data": [NaN]}, '
+           b'{"name": "labels", "datatype": "FP64", "shape": [1], "data": [1], "shape": [1]}]}'),
+     ['duplicate key "shape" in inputs[1]']),
     ("unknown parameter", "loss",
      _json({"inputs": [jt("predictions", P2), jt("labels", L2)], "parameters": {"bogus": 1}}),
      ["unknown parameter 'bogus' for model 'loss'"]),

@@ -522,6 +522,36 @@ def test_numbers_beyond_float_range_are_refused_with_bare_tokens_too(client):
     assert r.status_code == 422, r.text
 
 
+# ----------------------------------------------------- duplicate keys (issue 11 item 7)
+
+DUPLICATE_BODIES = [
+    # raw body, loc after "body", message
+    ('{"predictions": [0.5, 1], "labels": [1, 0], "labels": [0, 0]}', ["labels"], 'duplicate key "labels"'),
+    ('{"predictions": [0.5, 1], "labels": [true, false], "labels": [0, 0]}', ["labels"], 'duplicate key "labels"'),
+    ('{"predictions": [0.5, Infinity], "labels": [1, 0], "labels": [0, 0]}', ["labels"], 'duplicate key "labels"'),
+    ('{"predictions": [[0.5], [1]], "labels": [[1], [0]], "reduction": "sum", "reduction": "none"}',
+     ["reduction"], 'duplicate key "reduction"'),
+    ('{"predictions": [0.5], "labels": [1], "pos_weight": {"a": 1, "a": 2}}', ["pos_weight", "a"],
+     'duplicate key "a" in pos_weight'),
+    ('{"predictions": [0.5], "labels": [1], "quantiles": [{"q": 1, "q": 2}]}', ["quantiles", 0, "q"],
+     'duplicate key "q" in quantiles[0]'),
+]
+
+
+@pytest.mark.parametrize("path", ["/loss", "/grad"])
+@pytest.mark.parametrize("body,loc,msg", DUPLICATE_BODIES)
+def test_duplicate_keys_are_422_naming_the_key(client, path, body, loc, msg):
+    """The last of two "labels" used to win (the fast path's simdjson would take the first)."""
+    r = post(client, path, body)
+    assert r.status_code == 422 and r.json() == {"detail": [{"type": "duplicate_key", "loc": ["body", *loc],
+                                                             "msg": msg}]}, r.text
+
+
+def test_duplicate_keys_in_params_grad(client):
+    body = json.dumps(PARAMS)[:-1] + ', "coef": [0.0, 0.0]}'
+    _err(client, "/grad", body, ["coef"], 'duplicate key "coef"')
+
+
 def test_l2_error_names_the_field(client):
     _err(client, "/grad", dumps({**PARAMS, "l2": math.inf}), ["l2"], re.compile(r"^l2 = inf is outside"))
 
