@@ -522,6 +522,70 @@ def test_numbers_beyond_float_range_are_refused_with_bare_tokens_too(client):
     assert r.status_code == 422, r.text
 
 
+# ------------------------------------------- non-finite params (issue 11 item 4), OIP too
+
+def oip(c, model: str, tensors: dict, parameters: dict | None = None, binary: bool = True):
+    """An OIP infer request with ``tensors`` (name -> array) as binary or JSON inputs."""
+    inputs, blobs = [], []
+    for name, a in tensors.items():
+        t = {"name": name, "datatype": {"f8": "FP64", "f4": "FP32", "i8": "INT64"}[a.dtype.str[1:]],
+             "shape": list(a.shape)}
+        if binary:
+            t["parameters"] = {"binary_data_size": a.nbytes}
+            blobs.append(a.tobytes())
+        else:
+            t["data"] = jsonable(a.ravel())
+        inputs.append(t)
+    head = json.dumps({"inputs": inputs, "parameters": parameters or {}}).encode()
+    headers = {"inference-header-content-length": str(len(head))} if binary else {}
+    return c.post(f"/v2/models/{model}/infer", content=head + b"".join(blobs), headers=headers)
+
+
+NONFINITE_PARAMS = [
+    # field, its value with one non-finite element, loc after the field, message
+    ("features", [[math.inf], [1.0]], [0, 0], "features[0, 0] = inf is not finite"),
+    ("features", [[1.0], [-math.inf]], [1, 0], "features[1, 0] = -inf is not finite"),
+    ("features", [[1.0], [math.nan]], [1, 0], "features[1, 0] is NaN"),
+    ("coef", [math.inf], [0], "coef[0] = inf is not finite"),
+    ("coef", [math.nan], [0], "coef[0] is NaN"),
+    ("labels", [1.0, math.inf], [1], "labels[1] = inf is not in {0, 1}"),
+    ("labels", [1.0, math.nan], [1], "labels[1] is NaN"),
+    ("sample_weight", [1.0, math.inf], [1], "sample_weight[1] = inf is not a finite weight >= 0"),
+]
+
+
+@pytest.mark.parametrize("coef", [1.0, 0.0])
+@pytest.mark.parametrize("field,value,where,msg", NONFINITE_PARAMS,
+                         ids=[f"{c[0]}-{c[3].split()[-1]}-{i}" for i, c in enumerate(NONFINITE_PARAMS)])
+def test_nonfinite_params_are_refused_on_every_path(client, field, value, where, msg, coef):
+    """`features [["Infinity"], [1.0]]` with `coef [1.0]` answered 200 with coef "NaN"
+    (with coef [0.0], a 422): refused always, the same way over JSON and OIP."""
+    req = {"wrt": "params", "features": [[0.5], [1.0]], "labels": [1.0, 0.0], "coef": [coef], field: value}
+    _err(client, "/grad", {k: jsonable(v) for k, v in req.items()}, [field, *where], msg)  # strings
+    _err(client, "/grad", dumps(req), [field, *where], msg)  # bare Infinity/NaN tokens
+    tensors = {k: np.array(v, dtype=np.float64) for k, v in req.items() if k != "wrt"}
+    for binary in (True, False):
+        for dtype in (np.float64, np.float32):
+            if field == "features":
+                tensors["features"] = np.array(value, dtype=dtype)
+            r = oip(client, "grad", tensors, {"wrt": "params"}, binary=binary)
+            assert r.status_code == 400 and r.json() == {"error": msg}, (binary, dtype, r.text)
+
+
+def test_nonfinite_features_in_a_zero_weight_row_are_refused(client):
+    req = {"wrt": "params", "features": [[0.5], ["Infinity"]], "labels": [1, 0], "coef": [1.0],
+           "sample_weight": [1.0, 0.0]}
+    _err(client, "/grad", req, ["features", 1, 0], "features[1, 0] = inf is not finite")
+
+
+def test_huge_finite_features_are_not_refused(client):
+    """The finiteness check sums first: finite features whose sum overflows still pass."""
+    req = {"wrt": "params", "features": [[1e308], [1e308]], "labels": [1, 0], "coef": [1e-308]}
+    body = ok(client, "/grad", req)
+    p = kernels.logreg_grad(np.array(req["features"]), np.array([1.0, 0.0]), np.array([1e-308]))
+    assert_same(body, {"loss": p.loss, "grad": {"coef": p.coef, "intercept": p.intercept}})
+
+
 # ----------------------------------------------------- duplicate keys (issue 11 item 7)
 
 DUPLICATE_BODIES = [
