@@ -586,6 +586,47 @@ def test_huge_finite_features_are_not_refused(client):
     assert_same(body, {"loss": p.loss, "grad": {"coef": p.coef, "intercept": p.intercept}})
 
 
+# ---------------------------------------------- union-typed options (issue 11 item 9)
+
+UNION_ERRORS = [
+    # field, bad value, loc after the field, message
+    ("pos_weight", [1.0, "Infinity"], [1], "pos_weight[1]: input should be a valid number (got 'Infinity')"),
+    ("pos_weight", [1.0, None], [1], "pos_weight[1]: input should be a valid number (got None)"),
+    ("pos_weight", [[1.0]], [0], "pos_weight[0]: input should be a valid number"),
+    ("pos_weight", "x", [], "pos_weight: input should be a number or an array (got 'x')"),
+    ("pos_weight", True, [], "pos_weight: input should be a number or an array (got True)"),
+    ("pos_weight", {"a": 1}, [], "pos_weight: input should be a number or an array"),
+    ("eps", "Infinity", [], "eps: input should be a valid number (got 'Infinity')"),
+    ("eps", [0.1], [], "eps: input should be a valid number"),
+    ("alpha", "0.5", [], "alpha: input should be a valid number (got '0.5')"),
+    ("quantiles", [0.5, "Infinity", 2.0], [1], "quantiles[1]: input should be a valid number (got 'Infinity')"),
+    ("quantiles", [1.5, 2.0], [0], "quantiles[0]: input should be less than or equal to 1 (got 1.5)"),
+    ("quantiles", 0.5, [], "quantiles: input should be a valid list (got 0.5)"),
+    ("gamma", [2.0], [], "gamma: input should be a valid number"),
+]
+
+
+@pytest.mark.parametrize("path", ["/loss", "/grad"])
+@pytest.mark.parametrize("field,value,where,msg", UNION_ERRORS, ids=[f"{c[0]}-{c[1]!r}" for c in UNION_ERRORS])
+def test_option_errors_are_one_error_at_field_and_index(client, path, field, value, where, msg):
+    """`"pos_weight": [1.0, "Infinity"]` gave two errors, one at loc
+    ["body", "pos_weight", "list[float]", 1]: pydantic's union branches leaked."""
+    for labels in ([1, 0], [True, False]):  # the fast path and the orjson path
+        r = post(client, path, {"predictions": [0.5, -1.0], "labels": labels, field: value})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"] == [{"type": r.json()["detail"][0]["type"], "loc": ["body", field, *where],
+                                       "msg": msg}]
+    # the same message over OIP (a parameter; pos_weight also as a tensor)
+    r = oip(client, "loss", {"predictions": np.array([0.5, -1.0]), "labels": np.array([1.0, 0.0])}, {field: value})
+    assert r.status_code == 400 and r.json() == {"error": msg}, r.text
+
+
+def test_several_bad_options_give_one_error(client):
+    r = post(client, "/loss", {"predictions": [0.5], "labels": [1], "gamma": -1, "alpha": 2, "eps": "x"})
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and len(detail) == 1 and detail[0]["loc"] == ["body", "eps"], detail
+
+
 # ----------------------------------------------------- duplicate keys (issue 11 item 7)
 
 DUPLICATE_BODIES = [
