@@ -647,7 +647,10 @@ MALFORMED = [
      _frame({"inputs": [jt("predictions", P2), jt("labels", L2)]}, blob=b"\0" * 8),
      ["8 bytes of binary data follow"]),
     ("binary input without header length", "loss",
-     (orjson.dumps({"inputs": GOOD}), {}), ["input 'predictions'", "runs past"]),
+     (orjson.dumps({"inputs": GOOD}), {}),
+     ["input 'predictions' has binary_data_size but the request has no Inference-Header-Content-Length header"]),
+    ("binary body without header length", "loss", (orjson.dumps({"inputs": GOOD}) + BLOB, {}),
+     ["binary tensors (binary_data_size) but no Inference-Header-Content-Length header"]),
     ("unknown datatype FP16", "loss",
      _json({"inputs": [jt("predictions", P2, "FP16"), jt("labels", L2)]}),
      ["input 'predictions': unknown datatype 'FP16'"]),
@@ -949,7 +952,32 @@ def test_integer_json_data_outside_its_datatype_is_refused(server, datatype, val
     """Not wrapped by astype (INT8 257 would silently become 1, a valid label)."""
     body = json.dumps({"inputs": [jt("predictions", [0.5, -1.0, 2.0]),
                                   jt("labels", [1, 0, value], datatype)]}).encode()
-    assert_error(post(server, body), 400, f"input 'labels': data holds values outside the {datatype} range {bounds}")
+    assert_error(post(server, body), 400, f"input 'labels': data[2] = {value} is outside the {datatype} range {bounds}")
+
+
+@pytest.mark.parametrize("datatype,value,message", [
+    # beyond int64: NumPy makes floats (or objects) of such lists; orjson reads 2^64 as a float
+    ("UINT64", 2**64 - 1, "labels[2] = 1.8446744073709552e+19 is outside [0, 1]"),
+    ("INT64", 2**64, "input 'labels': data[2] = 1.8446744073709552e+19 is outside the INT64 range "
+                     "[-9223372036854775808, 9223372036854775807]"),
+    ("INT64", 2**63, "input 'labels': data[2] = 9223372036854775808 is outside the INT64 range"),
+    ("UINT64", -1, "input 'labels': data[2] = -1 is outside the UINT64 range [0, 18446744073709551615]"),
+    ("UINT64", 2**64, "input 'labels': data[2] = 1.8446744073709552e+19 is outside the UINT64 range"),
+    ("INT8", 0.5, "input 'labels': INT8 data must be integers, got data[2] = 0.5"),
+])
+def test_64_bit_label_data_says_out_of_range(server, datatype, value, message):
+    """Issue 11 item 10: not "data must be integers" for integers that NumPy cannot hold."""
+    labels = {"name": "labels", "datatype": datatype, "shape": [3], "data": [1, 0, value]}
+    body = json.dumps({"inputs": [jt("predictions", [0.5, -1.0, 2.0]), labels]}).encode()
+    assert assert_error(post(server, body), 400).startswith(message)
+    # the largest UINT64 is a valid UINT64: the kernels' own message names it
+    if datatype == "UINT64" and value == 2**64 - 1:
+        lab = np.array([1, 0, value], dtype=np.uint64)
+        assert kernel_error(kernels.loss, np.array([0.5, -1.0, 2.0]), lab) == message
+        body, headers = binary_frame({"inputs": [bt("predictions", np.array([0.5, -1.0, 2.0])), bt("labels", lab)],
+                                      "parameters": {"loss": "hinge"}},
+                                     np.array([0.5, -1.0, 2.0]).tobytes(), lab.tobytes())
+        assert assert_error(post(server, body, headers), 400) == "labels[2] = 1.8446744073709552e+19 is not in {0, 1}"
 
 
 def test_fp32_json_data_beyond_float32_range_is_refused(server):
