@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         threads = min(settings.threads, numba.config.NUMBA_NUM_THREADS)
         if threads < settings.threads:
-            log.warning("LOSSD_THREADS=%d is more than the %d CPUs available; using %d",
+            log.warning("threads = %d (--threads or LOSSD_THREADS) is more than the %d CPUs available; using %d",
                         settings.threads, numba.config.NUMBA_NUM_THREADS, threads)
         kernels.set_threads(threads)
         kernels.set_output_pool(settings.output_pool_bytes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -1114,6 +1115,38 @@ def test_settings_bad_values_name_the_variable(var, value):
     with pytest.raises(ValueError) as info:
         Settings.from_env({var: value})
     assert var in str(info.value), str(info.value)
+
+
+SETTING_FLAGS = [  # lossd serve's flags with a bad value each (argparse checks the types)
+    ("--port", "70000", "LOSSD_PORT"), ("--port", "-1", "LOSSD_PORT"), ("--workers", "0", "LOSSD_WORKERS"),
+    ("--threads", "0", "LOSSD_THREADS"), ("--max-body-bytes", "10", "LOSSD_MAX_BODY_BYTES"),
+]
+
+
+@pytest.mark.parametrize("flag,value,var", SETTING_FLAGS)
+def test_bad_flag_values_name_the_flag_not_the_variable(flag, value, var, monkeypatch, capsys):
+    """Issue 11 item 13: `lossd serve --port 70000` said LOSSD_PORT."""
+    from lossd.service import cli
+
+    for k in [k for k in os.environ if k.startswith("LOSSD_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv(var, "8")  # a valid value in the variable: the flag overrides it
+    code = cli.main(["serve", flag, value])  # refused before anything is served
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"lossd: bad lossd settings: {flag}: "), err
+    assert var not in err and f"(got {int(value)})" in err, err
+    # the same value from the environment names the variable
+    monkeypatch.setenv(var, value)
+    assert cli.main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lossd: bad lossd settings: {var}: ") and flag not in err, err
+
+
+def test_settings_overrides_are_named_as_flags():
+    with pytest.raises(ValueError) as info:
+        Settings.from_env({"LOSSD_PORT": "70000"}, max_body_bytes=10)
+    msg = str(info.value)
+    assert "LOSSD_PORT: " in msg and "--max-body-bytes: " in msg and "LOSSD_MAX_BODY_BYTES" not in msg, msg
 
 
 def test_float32_overflow_is_refused(client):
