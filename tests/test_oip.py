@@ -290,6 +290,21 @@ def test_model_metadata(triton, model, inputs, outputs):
     if model == "grad":
         assert all(d == -1 for d in by_name["grad"]["shape"])
         assert by_name["coef_grad"]["shape"] == [-1]
+    # one datatype per tensor (FP64, accepted everywhere); every accepted one in parameters
+    accepted = {t["name"]: t["parameters"]["datatypes"].split(",") for t in meta["inputs"]}
+    assert accepted["labels"] == ["FP64", "FP32", "BOOL", "INT8", "INT16", "INT32", "INT64",
+                                  "UINT8", "UINT16", "UINT32", "UINT64"]
+    assert all(v == ["FP64", "FP32"] for k, v in accepted.items() if k != "labels")
+    assert all(v[0] == by_name[k]["datatype"] for k, v in accepted.items())
+    assert by_name["losses"]["parameters"]["datatypes"] == "FP64,FP32"
+    np_types = {"FP64": np.float64, "FP32": np.float32, "BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16,
+                "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16,
+                "UINT32": np.uint32, "UINT64": np.uint64}
+    pred = np.array([0.5, -1.0])
+    for dt in accepted["labels"]:  # each one listed is taken
+        lab = np.array([1, 0]).astype(np_types[dt])
+        check_result(infer(triton, model, {"predictions": pred, "labels": lab}),
+                     expected_outputs((kernels.loss if model == "loss" else kernels.grad)(pred, lab)))
     # the versioned path answers the same
     assert triton.get_model_metadata(model, model_version="1") == meta
 

@@ -1078,6 +1078,44 @@ def test_openapi_request_examples_validate(openapi):
     assert ex and all(_valid(openapi, schemas["LossRequest"], e) for e in ex)
 
 
+def test_openapi_documents_the_infer_endpoint(openapi, client):
+    """Issue 11: the infer endpoint had no request body and a 422 HTTPValidationError,
+    where the real errors are 400/404 {"error": ...}."""
+    schemas = openapi["components"]["schemas"]
+    op = openapi["paths"]["/v2/models/{model_name}/infer"]["post"]
+    content = op["requestBody"]["content"]
+    assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/InferenceRequest"}
+    assert content["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
+    params = {p["name"]: p for p in op["parameters"]}
+    assert params["model_name"]["in"] == "path" and params["model_name"]["schema"]["enum"] == ["loss", "grad"]
+    assert params["Inference-Header-Content-Length"]["in"] == "header"
+    assert "422" not in op["responses"] and {"200", "400", "404"} <= set(op["responses"])
+    for status in ("400", "404"):
+        assert op["responses"][status]["content"]["application/json"]["schema"] == \
+            {"$ref": "#/components/schemas/OipErrorBody"}
+    assert schemas["OipErrorBody"]["required"] == ["error"]
+    ok = op["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/InferenceResponse"}
+    for path, item in openapi["paths"].items():
+        if path.startswith("/v2"):
+            for method, o in item.items():
+                assert "422" not in o["responses"], (path, method)
+    # real bodies match the documented schemas
+    req = {"id": "a", "inputs": [{"name": "predictions", "datatype": "FP64", "shape": [2], "data": [0.5, "-Infinity"]},
+                                 {"name": "labels", "datatype": "INT8", "shape": [2], "data": [1, 0]}],
+           "parameters": {"reduction": "none", "quantiles": "0.5"}, "outputs": [{"name": "losses"}]}
+    assert _valid(openapi, schemas["InferenceRequest"], req)
+    assert all(_valid(openapi, schemas["InferenceRequest"], e) for e in schemas["InferenceRequest"]["examples"])
+    r = client.post("/v2/models/loss/infer", content=json.dumps(req))
+    assert r.status_code == 200 and _valid(openapi, schemas["InferenceResponse"], r.json()), r.text
+    for model in ("loss", "grad"):
+        assert _valid(openapi, schemas["ModelMetadata"], client.get(f"/v2/models/{model}").json())
+    r = client.post("/v2/models/nope/infer", content=b"{}")
+    assert r.status_code == 404 and _valid(openapi, schemas["OipErrorBody"], r.json())
+    r = client.post("/v2/models/loss/infer", content=b"{}")
+    assert r.status_code == 400 and _valid(openapi, schemas["OipErrorBody"], r.json())
+
+
 # ---------------------------------------------------------------------------- settings
 
 def test_settings_from_env_types():
