@@ -26,9 +26,8 @@ from lossd import kernels
 from lossd.service import codec_json
 from lossd.service.routes_json import _ARRAY_FIELDS
 
-from service_helpers import assert_same, jsonable, strict_json
+from service_helpers import assert_oip_result, assert_same, jsonable, oip_frame, oip_outputs, strict_json
 
-HCL = "Inference-Header-Content-Length"
 TIMEOUT = 30.0
 RNG = np.random.default_rng(611)
 INF = math.inf
@@ -130,65 +129,17 @@ def _json_bodies(pred, lab, w, opts, dtype) -> dict[str, bytes]:
     return bodies
 
 
-def _oip_body(pred, lab, w, opts, dtype, *, binary: bool, wire=np.float64) -> tuple[bytes, dict]:
+def _oip_request(pred, lab, w, opts, dtype, *, binary: bool, wire=np.float64) -> tuple[bytes, dict]:
     tensors = {"predictions": pred, "labels": lab}
     if w is not None:
         tensors["sample_weight"] = w
+    tensors = {k: np.asarray(v, dtype=wire) for k, v in tensors.items()}
     params = {k: v for k, v in opts.items() if k not in ("quantiles", "pos_weight")}
     if "quantiles" in opts:
         params["quantiles"] = ",".join(map(repr, opts["quantiles"]))
-    pos_weight = opts.get("pos_weight")
-    if isinstance(pos_weight, list):
-        tensors["pos_weight"] = np.array(pos_weight)  # per column: a tensor, never narrowed
-    params["dtype"] = dtype
-    inputs, blobs = [], []
-    for name, a in tensors.items():
-        a = np.asarray(a, dtype=wire if name != "pos_weight" else np.float64)
-        t = {"name": name, "datatype": "FP32" if a.dtype == np.float32 else "FP64", "shape": list(a.shape)}
-        if binary:
-            t["parameters"] = {"binary_data_size": a.nbytes}
-            blobs.append(a.tobytes())
-        else:
-            t["data"] = jsonable(a.ravel().astype(np.float64))
-        inputs.append(t)
-    head = orjson.dumps({"inputs": inputs, "parameters": {**params, "binary_data_output": binary}})
-    return head + b"".join(blobs), ({HCL: str(len(head))} if binary else {})
-
-
-def _oip_outputs(r: httpx.Response) -> dict[str, np.ndarray]:
-    body = r.content
-    hlen = r.headers.get(HCL)
-    head, blob = (json.loads(body[:int(hlen)]), body[int(hlen):]) if hlen else (json.loads(body), b"")
-    out, offset = {}, 0
-    for o in head["outputs"]:
-        dt = np.dtype({"FP64": "<f8", "FP32": "<f4"}[o["datatype"]])
-        size = (o.get("parameters") or {}).get("binary_data_size")
-        if size is None:
-            vals = [{"Infinity": INF, "-Infinity": -INF, "NaN": math.nan}.get(v, v) for v in o["data"]]
-            out[o["name"]] = np.array(vals, dtype=dt).reshape(o["shape"])
-        else:
-            out[o["name"]] = np.frombuffer(blob, dt, count=math.prod(o["shape"]), offset=offset).reshape(o["shape"])
-            offset += size
-    return out
-
-
-def _check_oip(got: dict[str, np.ndarray], want: dict, where: str) -> None:
-    for key, value in want.items():
-        if key == "stats":
-            for s, v in value.items():
-                _bits(got[s], np.array([v], dtype=np.float64), f"{where}: {s}")
-        elif value is None:
-            assert key not in got, where
-        elif isinstance(value, np.ndarray):
-            _bits(got[key], value, f"{where}: {key}")
-        else:
-            _bits(got[key], np.array([value], dtype=np.float64), f"{where}: {key}")
-
-
-def _bits(a: np.ndarray, b: np.ndarray, where: str) -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape, (where, a.dtype, b.dtype, a.shape, b.shape)
-    u = np.dtype(f"u{a.dtype.itemsize}")
-    assert np.array_equal(np.ascontiguousarray(a).view(u), np.ascontiguousarray(b).view(u)), (where, a, b)
+    if isinstance(opts.get("pos_weight"), list):
+        tensors["pos_weight"] = np.array(opts["pos_weight"])  # per column: a tensor, never narrowed
+    return oip_frame(tensors, {**params, "dtype": dtype}, binary=binary)
 
 
 # ------------------------------------------------------------------------------- tests
@@ -221,14 +172,14 @@ def test_same_bits_on_every_path_and_transport(server, case, route, dtype):
         wires = [np.float64] + ([np.float32] if dtype == "float32" and not error else [])
         for binary in (False, True):
             for wire in wires:  # FP64 narrowed by the server; FP32 rounded by the client
-                body, headers = _oip_body(pred, lab, w, opts, dtype, binary=binary, wire=wire)
+                body, headers = _oip_request(pred, lab, w, opts, dtype, binary=binary, wire=wire)
                 r = c.post(f"/v2/models/{route}/infer", content=body, headers=headers)
                 where = f"OIP {'binary' if binary else 'JSON'} {np.dtype(wire).name}"
                 if error:
                     assert r.status_code == 400 and r.json() == {"error": error[1]}, (where, r.text)
                     continue
                 assert r.status_code == 200, (where, r.text)
-                _check_oip(_oip_outputs(r), want, where)
+                assert_oip_result(oip_outputs(r.content, r.headers), want, where)
 
 
 def test_float32_narrowing_is_what_the_contract_says():

@@ -28,7 +28,7 @@ from lossd.service import Settings, create_app
 from lossd.service.settings import available_cores
 
 from service_helpers import (assert_same, check_grad_body, dumps, expected_loss_body, json_array,
-                             jsonable, strict_json)
+                             jsonable, oip_frame, strict_json)
 
 with warnings.catch_warnings():  # starlette's note about httpx vs httpx2 at import
     warnings.simplefilter("ignore")
@@ -527,19 +527,8 @@ def test_numbers_beyond_float_range_are_refused_with_bare_tokens_too(client):
 
 def oip(c, model: str, tensors: dict, parameters: dict | None = None, binary: bool = True):
     """An OIP infer request with ``tensors`` (name -> array) as binary or JSON inputs."""
-    inputs, blobs = [], []
-    for name, a in tensors.items():
-        t = {"name": name, "datatype": {"f8": "FP64", "f4": "FP32", "i8": "INT64"}[a.dtype.str[1:]],
-             "shape": list(a.shape)}
-        if binary:
-            t["parameters"] = {"binary_data_size": a.nbytes}
-            blobs.append(a.tobytes())
-        else:
-            t["data"] = jsonable(a.ravel())
-        inputs.append(t)
-    head = json.dumps({"inputs": inputs, "parameters": parameters or {}}).encode()
-    headers = {"inference-header-content-length": str(len(head))} if binary else {}
-    return c.post(f"/v2/models/{model}/infer", content=head + b"".join(blobs), headers=headers)
+    body, headers = oip_frame(tensors, parameters, binary=binary)
+    return c.post(f"/v2/models/{model}/infer", content=body, headers=headers)
 
 
 NONFINITE_PARAMS = [
