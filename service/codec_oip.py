@@ -143,7 +143,7 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
     if name not in allowed:
         raise OipError(f"unknown input tensor {name!r}; this model takes {', '.join(allowed)}")
     dtname = t.get("datatype")
-    if dtname not in DATATYPES:
+    if not isinstance(dtname, str) or dtname not in DATATYPES:  # a list or object is unhashable
         raise OipError(f"input {name!r}: unknown datatype {dtname!r}")
     if dtname not in allowed[name]:
         raise OipError(f"input {name!r}: datatype {dtname} is not accepted (use {', '.join(allowed[name])})")

@@ -1045,6 +1045,15 @@ def test_shapes_numpy_cannot_hold_get_400(app_client, case):
     assert_error(r, 400, "predictions")
 
 
+@pytest.mark.parametrize("datatype", [[], {}, ["FP64"], 64])
+def test_datatype_not_a_string_is_400(app_client, datatype):
+    """Found by the property tests: a list or object as datatype was unhashable (500)."""
+    body = json.dumps({"inputs": [{"name": "predictions", "datatype": datatype, "shape": [1], "data": [0.5]},
+                                  jt("labels", [1.0])]}).encode()
+    assert_error(app_client.post("/v2/models/loss/infer", content=body), 400,
+                 f"input 'predictions': unknown datatype {datatype!r}")
+
+
 # ------------------------------------------------------------------------- last: 5xx
 
 def test_zz_server_never_answered_5xx_and_still_works(server, triton):
