@@ -24,7 +24,7 @@ from .middleware import FrontDoor
 from .bodies import BufferPool
 from .codec_oip import OipError
 from .routes_json import OPENAPI_MODELS, add_json_routes
-from .routes_oip import add_oip_routes
+from .routes_oip import OPENAPI_MODELS as OIP_MODELS, add_oip_routes
 from .runner import KernelRunner, Readiness
 from .schemas import GradRequest, LossRequest, ParamsGradRequest
 from .settings import Settings
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         threads = min(settings.threads, numba.config.NUMBA_NUM_THREADS)
         if threads < settings.threads:
-            log.warning("LOSSD_THREADS=%d is more than the %d CPUs available; using %d",
+            log.warning("threads = %d (--threads or LOSSD_THREADS) is more than the %d CPUs available; using %d",
                         settings.threads, numba.config.NUMBA_NUM_THREADS, threads)
         kernels.set_threads(threads)
         kernels.set_output_pool(settings.output_pool_bytes)
@@ -155,7 +155,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema = get_openapi(title=app.title, version=app.version, description=app.description,
                              routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (LossRequest, GradRequest, ParamsGradRequest, *OPENAPI_MODELS):
+        for model in (LossRequest, GradRequest, ParamsGradRequest, *OPENAPI_MODELS, *OIP_MODELS):
             s = model.model_json_schema(ref_template="#/components/schemas/{model}",
                                         mode="validation" if model.__name__.endswith("Request") else "serialization")
             components.update(s.pop("$defs", {}))

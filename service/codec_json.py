@@ -3,6 +3,9 @@
 Kept apart from the compute and from routing (as MLServer keeps its codecs). Large arrays
 are never walked in Python on the good path: ``orjson`` parses the body once, NumPy
 converts each list in C, and ``orjson`` writes arrays straight from their buffers.
+A key repeated in an object, at any depth, is refused on every path: simdjson lists
+every key of an object (repeats included) and skips number arrays in C, so the check
+costs next to nothing; the stdlib path sees repeats in its ``object_pairs_hook``.
 """
 
 from __future__ import annotations
@@ -27,28 +30,153 @@ except ImportError:  # pragma: no cover - a declared dependency; orjson alone st
 NONFINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "+Infinity": math.inf, "NaN": math.nan}
 
 
-def loads(raw: bytes | memoryview) -> Any:
-    """Parse JSON; ``ValueError`` saying why when it is not valid.
+class DuplicateKey(ValueError):
+    """A key repeated in one JSON object: refused, not resolved (orjson keeps the last
+    value, simdjson the first, so which one counted would depend on the path taken)."""
+
+    def __init__(self, path: tuple, key: str) -> None:
+        self.path = path
+        self.key = key
+        where = f" in {dotted(path)}" if path else ""
+        super().__init__(f'duplicate key "{key}"{where}')
+
+
+def dotted(path: tuple) -> str:
+    """("inputs", 0, "parameters") -> "inputs[0].parameters"."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def loads(raw: bytes | memoryview, *, duplicates_checked: bool = False) -> Any:
+    """Parse JSON; ``ValueError`` saying why when it is not valid, ``DuplicateKey`` when
+    an object repeats a key (at any depth).
 
     orjson refuses the bare Infinity/-Infinity/NaN tokens that json.dumps writes; only
     bodies holding such a token pay for the stdlib parser (and a copy of a pooled buffer).
     """
     try:
-        return orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raw = bytes(raw)
         if b"Infinity" not in raw and b"NaN" not in raw:
             raise ValueError(str(exc)) from None
+        return _loads_stdlib(raw)
+    if not duplicates_checked:
+        check_duplicates(raw)
+    return data
+
+
+def _loads_stdlib(raw: bytes) -> Any:
+    repeats: list[tuple[dict, str]] = []  # holding the dicts keeps their ids unique
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        d = dict(items)
+        if len(d) != len(items):
+            repeats.append((d, _first_repeat(k for k, _ in items)))
+        return d
+
     try:
-        return json.loads(raw, parse_float=finite_float)
+        data = json.loads(raw, parse_float=finite_float, object_pairs_hook=pairs)
     except RecursionError as exc:
         raise ValueError(str(exc)) from None
+    if repeats:
+        raise DuplicateKey(*_find_repeat(data, {id(d): k for d, k in repeats}, ()))
+    return data
 
 
-def decode_body(body: bytes | memoryview) -> dict[str, Any]:
-    """Parse a request body into a dict; 422 for anything but a JSON object."""
+def _first_repeat(keys) -> str:
+    seen: set[str] = set()
+    for k in keys:
+        if k in seen:
+            return k
+        seen.add(k)
+    raise AssertionError("no repeated key")
+
+
+def _find_repeat(node: Any, repeats: dict[int, str], path: tuple) -> tuple[tuple, str] | None:
+    """The path and key of the first repeat, depth first, an object's own keys before
+    its children's (the order of ``_simd_repeat``)."""
+    if isinstance(node, dict):
+        if id(node) in repeats:
+            return path, repeats[id(node)]
+        children = node.items()
+    elif isinstance(node, list):
+        children = enumerate(node)
+    else:
+        return None
+    for k, child in children:
+        if isinstance(child, (dict, list)):
+            found = _find_repeat(child, repeats, (*path, k))
+            if found:
+                return found
+    return None
+
+
+def check_duplicates(raw: bytes | memoryview) -> None:
+    """``DuplicateKey`` if an object of the (valid) JSON ``raw`` repeats a key."""
+    doc = None
+    if simdjson is not None:
+        try:
+            doc = _parse(raw)
+        except Exception:  # e.g. an integer beyond 64 bits, which orjson reads as a float
+            doc = None
+    if doc is None:
+        _loads_stdlib(bytes(raw))
+        return
     try:
-        data = loads(body)
+        found = _simd_repeat(doc, ())
+    finally:
+        doc = None  # the parser's document dies with it
+    if found:
+        raise DuplicateKey(*found)
+
+
+def _simd_repeat(node: Any, path: tuple, numbers_checked: bool = False) -> tuple[tuple, str] | None:
+    """Walk a simdjson document for a repeated key. Its objects list every key, repeats
+    included; arrays of numbers only (the bulk of a request) are skipped in C."""
+    if isinstance(node, simdjson.Object):
+        keys = list(node.keys())
+        if len(keys) != len(set(keys)):
+            return path, _first_repeat(keys)
+        children = ((k, node[k]) for k in keys)
+    elif isinstance(node, simdjson.Array):
+        if (not numbers_checked and _as_float64(node) is not None) or b"{" not in node.mini:
+            return None
+        children = enumerate(node)
+    else:
+        return None
+    for k, child in children:
+        if isinstance(child, (simdjson.Object, simdjson.Array)):
+            found = _simd_repeat(child, (*path, k))
+            if found:
+                return found
+    return None
+
+
+def _refuse_repeat(node: Any, path: tuple, numbers_checked: bool = False) -> None:
+    found = _simd_repeat(node, path, numbers_checked)
+    if found:
+        raise duplicate_error(DuplicateKey(*found))
+
+
+def _as_float64(arr: Any) -> np.ndarray | None:
+    """The numbers of a simdjson array (nested lists flatten), or None when it holds
+    anything else."""
+    try:
+        return np.frombuffer(arr.as_buffer(of_type="d"), dtype=np.float64)
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        return None
+
+
+def decode_body(body: bytes | memoryview, *, duplicates_checked: bool = False) -> dict[str, Any]:
+    """Parse a request body into a dict; 422 for anything but a JSON object, and for a
+    repeated key (``loc``: its path and the key)."""
+    try:
+        data = loads(body, duplicates_checked=duplicates_checked)
+    except DuplicateKey as exc:
+        raise duplicate_error(exc) from None
     except ValueError as exc:
         raise RequestError.invalid_json(str(exc)) from None
     if not isinstance(data, dict):
@@ -57,12 +185,23 @@ def decode_body(body: bytes | memoryview) -> dict[str, Any]:
     return data
 
 
+def duplicate_error(exc: DuplicateKey) -> RequestError:
+    return RequestError.at((*exc.path, exc.key), str(exc), kind="duplicate_key")
+
+
+def decode(body: bytes | memoryview, array_fields: frozenset[str]) -> dict[str, Any]:
+    """A request body as a dict: by the fast path when it applies, else by orjson."""
+    data, checked = _decode_fast(body, array_fields)
+    return data if data is not None else decode_body(body, duplicates_checked=checked)
+
+
 # A parser's buffers grow to the largest document it has parsed and are reused after:
 # a fresh parser per body allocates and page-faults megabytes each time (at 10^5
 # elements, up to a third of the decode). Bodies above this size get a parser of their
 # own, so that no thread keeps buffers several times the largest body allowed.
 PARSER_REUSE_BYTES = 8 * 1024 * 1024
 _threads = threading.local()
+_BOM = b"\xef\xbb\xbf"
 
 
 def _parse(body: bytes | memoryview) -> Any:
@@ -80,56 +219,67 @@ def _parse(body: bytes | memoryview) -> Any:
 
 
 def decode_body_fast(body: bytes | memoryview, array_fields: frozenset[str]) -> dict[str, Any] | None:
-    """The body with each flat number list of ``array_fields`` already a float64 array
-    (float32 when the body asks ``"dtype": "float32"``), or None when this path does not
-    apply: anything unusual (nested or mixed lists, non-finite strings, booleans, duplicate
-    keys, invalid JSON) goes to ``decode_body``, which gives the exact error messages.
+    """The body with each flat number list of ``array_fields`` already a float64 array,
+    or None when this path does not apply: anything unusual (nested or mixed lists,
+    non-finite strings, booleans, invalid JSON) goes to ``decode_body``, which gives the
+    exact error messages. A repeated key, at any depth, is a 422 here already.
 
     For 10^5-element arrays this is ~2.5x faster than orjson + NumPy: no Python float is
     ever made.
     """
-    if simdjson is None:
-        return None
+    return _decode_fast(body, array_fields)[0]
+
+
+def _decode_fast(body: bytes | memoryview, array_fields: frozenset[str]) -> tuple[dict[str, Any] | None, bool]:
+    """(the body as by ``decode_body_fast``, whether every key of it was checked for
+    repeats: then the slow path need not parse it a second time for that)."""
+    if simdjson is None or body[:3] == _BOM:  # simdjson skips a BOM, orjson refuses it
+        return None, False
     try:
         doc = _parse(body)
     except Exception:
-        return None
-    if not isinstance(doc, simdjson.Object):
-        return None
-    keys = list(doc.keys())
-    if len(keys) != len(set(keys)):  # orjson keeps the last duplicate, simdjson the first
-        return None
+        return None, False
     out: dict[str, Any] = {}
     arrays = 0
+    fast = True
     try:
+        if not isinstance(doc, simdjson.Object):
+            return None, False
+        keys = list(doc.keys())
+        if len(keys) != len(set(keys)):
+            raise duplicate_error(DuplicateKey((), _first_repeat(keys)))
         for key in keys:
             v = doc[key]
             if isinstance(v, simdjson.Array):
                 arrays += 1
                 if key in array_fields and len(v):
-                    a = np.frombuffer(v.as_buffer(of_type="d"), dtype=np.float64)
-                    if a.size != len(v):  # nested lists flatten: not a flat list
-                        return None
-                    out[key] = a
-                else:
+                    a = _as_float64(v)
+                    if a is None:  # e.g. a string or boolean among the numbers
+                        fast = False
+                        _refuse_repeat(v, (key,), numbers_checked=True)
+                    elif a.size != len(v):  # nested lists flatten: not a flat list
+                        fast = False
+                    elif fast:
+                        out[key] = a
+                    continue
+                _refuse_repeat(v, (key,))
+                if fast:
                     out[key] = v.as_list()
             elif isinstance(v, simdjson.Object):
-                out[key] = v.as_dict()
-            else:
+                _refuse_repeat(v, (key,))
+                if fast:
+                    out[key] = v.as_dict()
+            elif fast:
                 out[key] = v
     except (TypeError, ValueError, RuntimeError, OverflowError):
-        return None  # e.g. a string or boolean among the numbers
+        return None, False  # not expected of a parsed document; the slow path decides
     finally:
         v = doc = None  # the parser's document dies with it
     # One "[" per top-level list, or some list was nested (or a string holds "["): then
     # only the slow path can tell a 2-D array from a malformed one.
-    if _count_brackets(body) != arrays:
-        return None
-    if out.get("dtype") == "float32":
-        for key in array_fields & out.keys():
-            if isinstance(out[key], np.ndarray):
-                out[key] = _narrow(key, out[key])
-    return out
+    if not fast or _count_brackets(body) != arrays:
+        return None, True
+    return out, True
 
 
 def _count_brackets(body: bytes | memoryview) -> int:
@@ -147,8 +297,9 @@ def finite_float(text: str) -> float:
     return v
 
 
-def to_array(name: str, value: Any, dtype: np.dtype | type = np.float64) -> np.ndarray:
-    """A JSON list (of numbers, or of equal-length lists of numbers) as a float array.
+def to_array(name: str, value: Any) -> np.ndarray:
+    """A JSON list (of numbers, or of equal-length lists of numbers) as a float64 array
+    (true/false are 1/0). ``dtype: "float32"`` narrows it later (precision.py).
 
     The fast path is one C conversion; the slow path, taken only when the list holds
     something else, maps the non-finite strings and names the first bad element.
@@ -162,32 +313,7 @@ def to_array(name: str, value: Any, dtype: np.dtype | type = np.float64) -> np.n
         arr = None  # ragged rows: found and named below
     if arr is None or arr.dtype.kind not in "fiub":
         arr = _slow_array(name, value, np.float64)
-    if arr.dtype == dtype:
-        return arr
-    if np.dtype(dtype) == np.float32:
-        return _narrow(name, arr)
-    return arr.astype(dtype)
-
-
-def to_float32(wide: np.ndarray) -> tuple[np.ndarray, int | None]:
-    """``wide`` as float32, and the flat index of the first finite value that became
-    infinite (it would silently change the loss), or None."""
-    with np.errstate(over="ignore"):  # overflow is found (and named by the caller) below
-        narrow = wide.astype(np.float32)
-    if np.isfinite(narrow).all():
-        return narrow, None
-    over = (np.isinf(narrow) & np.isfinite(wide)).reshape(-1)
-    return narrow, (int(np.flatnonzero(over)[0]) if over.any() else None)
-
-
-def _narrow(name: str, arr: np.ndarray) -> np.ndarray:
-    out, bad = to_float32(arr)
-    if bad is not None:
-        where = tuple(int(i) for i in np.unravel_index(bad, arr.shape))
-        at = "".join(f"[{i}]" for i in where)
-        raise RequestError.at((name, *where), f"{name}{at} = {float(arr[where])!r} is beyond the "
-                              'float32 range (dtype = "float32")', kind="value_error")
-    return out
+    return arr if arr.dtype == np.float64 else arr.astype(np.float64)
 
 
 def _slow_array(name: str, value: list, dtype) -> np.ndarray:

@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .codec_json import NONFINITE, loads, nonfinite_as_text, to_float32
+from .codec_json import NONFINITE, DuplicateKey, loads, nonfinite_as_text
+from .precision import to_float32
 
 HEADER_LENGTH = "inference-header-content-length"
+HEADER_NAME = "Inference-Header-Content-Length"
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -80,7 +82,13 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
         header_raw, blob = body[:hlen], memoryview(body)[hlen:]
     try:
         header = loads(header_raw)
+    except DuplicateKey as exc:
+        raise OipError(f"the request header has a {exc}" if exc.path else
+                       f"the request header has a {exc} at its top level") from None
     except ValueError as exc:
+        if header_length is None and b'"binary_data_size"' in bytes(body):
+            raise OipError(f"the body holds binary tensors (binary_data_size) but no {HEADER_NAME} "
+                           "header gives the length of its JSON header") from None
         raise OipError(f"the request header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise OipError("the request must be a JSON object")
@@ -100,7 +108,7 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, t in enumerate(raw_inputs):
-        name, arr, used = _decode_input(i, t, blob, offset, allowed)
+        name, arr, used = _decode_input(i, t, blob, offset, allowed, header_length is not None)
         if name in inputs:
             raise OipError(f"input {name!r} appears twice")
         inputs[name] = arr
@@ -128,14 +136,14 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
     return InferRequest(rid, inputs, params, asked, binary_output)
 
 
-def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[str, ...]]):
+def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[str, ...]], framed: bool):
     if not isinstance(t, dict) or not isinstance(t.get("name"), str):
         raise OipError(f"inputs[{i}] must be an object with a name")
     name = t["name"]
     if name not in allowed:
         raise OipError(f"unknown input tensor {name!r}; this model takes {', '.join(allowed)}")
     dtname = t.get("datatype")
-    if dtname not in DATATYPES:
+    if not isinstance(dtname, str) or dtname not in DATATYPES:  # a list or object is unhashable
         raise OipError(f"input {name!r}: unknown datatype {dtname!r}")
     if dtname not in allowed[name]:
         raise OipError(f"input {name!r}: datatype {dtname} is not accepted (use {', '.join(allowed[name])})")
@@ -154,6 +162,9 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
             raise OipError(f"input {name!r} has both data and binary_data_size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise OipError(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}")
+        if not framed:
+            raise OipError(f"input {name!r} has binary_data_size but the request has no {HEADER_NAME} "
+                           "header (the length of its JSON header)")
         expect = count * dtype.itemsize
         if size != expect:
             raise OipError(f"input {name!r}: binary_data_size = {size} does not match shape {shape} × "
@@ -175,6 +186,8 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.
         arr = np.array(data)
     except (ValueError, TypeError):
         raise OipError(f"input {name!r}: data must be a flat (row-major) or nested list of numbers") from None
+    if dtype.kind in "iu" and arr.dtype.kind in "fO":  # fractions, or integers beyond int64
+        arr = _integers(name, data, dtname, dtype)
     if arr.dtype.kind not in "fiub":
         if dtname in FLOAT_TYPES and arr.dtype.kind in "OU":  # non-finite numbers written as strings
             flat = _flatten(data)  # from the list: NumPy turned its numbers into strings
@@ -196,14 +209,33 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.
         arr = narrow
     if dtname == "BOOL" and arr.dtype.kind != "b":
         raise OipError(f"input {name!r}: BOOL data must be true/false")
-    if dtname not in FLOAT_TYPES and arr.dtype.kind == "f":
-        raise OipError(f"input {name!r}: {dtname} data must be integers")
     if dtype.kind in "iu" and arr.size:
         info = np.iinfo(dtype)  # astype would wrap 300 to 44 in INT8 without a word
         if arr.min() < info.min or arr.max() > info.max:
-            raise OipError(f"input {name!r}: data holds values outside the {dtname} range "
-                           f"[{info.min}, {info.max}]")
+            j = int(np.flatnonzero(((arr < info.min) | (arr > info.max)).reshape(-1))[0])
+            raise _out_of_range(name, j, arr.reshape(-1)[j].item(), dtname, info)
     return _reshape(name, arr.astype(dtype, copy=False), shape)
+
+
+def _integers(name: str, data: list, dtname: str, dtype: np.dtype) -> np.ndarray:
+    """Integer data that NumPy could not hold as int64 (it made floats or objects of
+    them): exact when every value fits ``dtype`` (UINT64 up to 2^64 - 1). Else 400: a
+    value outside the datatype's range is named first (orjson reads an integer beyond
+    64 bits as a float, so an integral float counts too), then one that is no integer."""
+    flat = _flatten(data) if isinstance(data, list) else [data]
+    info = np.iinfo(dtype)
+    for j, v in enumerate(flat):
+        if (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and not info.min <= v <= info.max):
+            raise _out_of_range(name, j, v, dtname, info)
+    bad = next((j for j, v in enumerate(flat) if not isinstance(v, int) or isinstance(v, bool)), None)
+    if bad is not None:
+        raise OipError(f"input {name!r}: {dtname} data must be integers, got data[{bad}] = {flat[bad]!r}")
+    return np.array(flat, dtype=dtype)
+
+
+def _out_of_range(name: str, j: int, v: int, dtname: str, info: np.iinfo) -> OipError:
+    return OipError(f"input {name!r}: data[{j}] = {v} is outside the {dtname} range [{info.min}, {info.max}]")
 
 
 def _reshape(name: str, arr: np.ndarray, shape: list[int]) -> np.ndarray:

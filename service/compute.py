@@ -6,6 +6,7 @@ with the number of elements it processed, or raises ``RequestError`` (422).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -15,11 +16,11 @@ from lossd import kernels
 
 from .codec_json import to_array
 from .errors import RequestError
+from .precision import narrow
 from .schemas import GradOptions, LossOptions, ParamsOptions
 
 LOSS_ARRAYS = ("predictions", "labels", "sample_weight")
 PARAMS_ARRAYS = ("features", "labels", "coef", "sample_weight")
-_DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
 def _split(data: dict[str, Any], array_fields: tuple[str, ...], model: type[BaseModel]):
@@ -31,20 +32,39 @@ def _split(data: dict[str, Any], array_fields: tuple[str, ...], model: type[Base
     return arrays, opts
 
 
-def _required(arrays: dict[str, Any], name: str, dtype) -> np.ndarray:
+def _required(arrays: dict[str, Any], name: str) -> np.ndarray:
     if name not in arrays or arrays[name] is None:
         raise RequestError.at((name,), f"{name} is required", kind="missing")
-    return _array(name, arrays[name], dtype)
+    return _array(name, arrays[name])
 
 
 def _optional(arrays: dict[str, Any], name: str) -> np.ndarray | None:
     v = arrays.get(name)
-    return None if v is None else _array(name, v, np.float64)
+    return None if v is None else _array(name, v)
 
 
-def _array(name: str, v: Any, dtype) -> np.ndarray:
+def _array(name: str, v: Any) -> np.ndarray:
     # binary tensors arrive decoded, in their own dtype: the kernels take them as they are
-    return v if isinstance(v, np.ndarray) else to_array(name, v, dtype)
+    return v if isinstance(v, np.ndarray) else to_array(name, v)
+
+
+def _finite(name: str, arr: np.ndarray) -> np.ndarray:
+    """Refuse NaN and ±inf in ``arr`` (the logistic model's features and coef: an
+    infinite feature makes a NaN gradient whatever the kernels do with it). One pass
+    without a temporary; the exact scan runs only when the sum is not finite."""
+    if arr.dtype.kind != "f":
+        return arr
+    with np.errstate(over="ignore", invalid="ignore"):  # found by the scan below
+        if math.isfinite(float(np.sum(arr))):
+            return arr
+    bad = ~np.isfinite(arr)
+    if not bad.any():  # finite values whose sum overflowed
+        return arr
+    where = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), arr.shape))
+    v = float(arr[where])
+    at = "[" + ", ".join(map(str, where)) + "]"
+    what = "is NaN" if v != v else f"= {v} is not finite"
+    raise RequestError.at((name, *where), f"{name}{at} {what}")
 
 
 def _call(fn, *args, **kwargs):
@@ -62,10 +82,13 @@ def _kernel_options(opts: BaseModel) -> dict[str, Any]:
 
 def _predictions_request(data: dict[str, Any], model: type[BaseModel]):
     arrays, opts = _split(data, LOSS_ARRAYS, model)
-    dtype = _DTYPES[opts.dtype]
-    pred = _required(arrays, "predictions", dtype)
-    lab = _required(arrays, "labels", dtype)
-    return pred, lab, _optional(arrays, "sample_weight"), opts
+    pred = _required(arrays, "predictions")
+    lab = _required(arrays, "labels")
+    w = _optional(arrays, "sample_weight")
+    if opts.dtype == "float32":  # one place for every path and transport
+        pred, lab = narrow("predictions", pred), narrow("labels", lab)
+        w = None if w is None else narrow("sample_weight", w)
+    return pred, lab, w, opts
 
 
 def _header(opts: LossOptions) -> dict[str, Any]:
@@ -97,9 +120,9 @@ def _params_grad(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
                               "(it takes features, labels, coef, intercept, sample_weight, l2)",
                               kind="extra_forbidden")
     arrays, opts = _split(data, PARAMS_ARRAYS, ParamsOptions)
-    X = _required(arrays, "features", np.float64)
-    y = _required(arrays, "labels", np.float64)
-    c = _required(arrays, "coef", np.float64)
+    X = _finite("features", _required(arrays, "features"))
+    y = _required(arrays, "labels")
+    c = _finite("coef", _required(arrays, "coef"))
     p = _call(kernels.logreg_grad, X, y, c, opts.intercept,
               sample_weight=_optional(arrays, "sample_weight"), l2=opts.l2)
     return {"loss": p.loss, "grad": {"coef": p.coef, "intercept": p.intercept}}, X.size

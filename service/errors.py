@@ -51,22 +51,24 @@ class RequestError(ApiError):
 
     @classmethod
     def from_validation(cls, exc: ValidationError, prefix: tuple = ()) -> "RequestError":
-        errors = []
-        for e in exc.errors(include_url=False, include_context=False):
-            loc = [*prefix, *e["loc"]]
-            field = _dotted(loc) or "body"
-            msg = e["msg"]
-            if e["type"] == "extra_forbidden":
-                msg = f"{field} is not a field of this request"
-            elif e["type"] == "missing":
-                msg = f"{field} is required"
-            else:
-                msg = f"{field}: {msg[0].lower()}{msg[1:]}"
-                if "input" in e and not isinstance(e["input"], (dict, list)):
-                    got = repr(e["input"])
-                    msg += f" (got {got if len(got) <= 40 else got[:37] + '...'})"
-            errors.append({"type": e["type"], "loc": ["body", *loc], "msg": msg})
-        return cls(errors)
+        """One error, as the kernels raise one: the first field's. For a union-typed
+        option (``pos_weight``: a number or an array) pydantic reports every branch,
+        with the branch's name in ``loc``; only the branch that the input's kind selects
+        is kept, and ``loc`` is the contract's ``[field, index]``."""
+        e = _union_error(exc.errors(include_url=False, include_context=False))
+        loc = [*prefix, *e["loc"]]
+        field = _dotted(loc) or "body"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = f"{field} is not a field of this request"
+        elif e["type"] == "missing":
+            msg = f"{field} is required"
+        else:
+            msg = f"{field}: {msg[0].lower()}{msg[1:]}"
+            if "input" in e and not isinstance(e["input"], (dict, list)):
+                got = repr(e["input"])
+                msg += f" (got {got if len(got) <= 40 else got[:37] + '...'})"
+        return cls([{"type": e["type"], "loc": ["body", *loc], "msg": msg}])
 
     @classmethod
     def from_kernel(cls, exc: ValueError, rename: dict[str, str] | None = None) -> "RequestError":
@@ -84,6 +86,33 @@ class RequestError(ApiError):
             if m.group(2):
                 loc.extend(int(i) for i in m.group(2).split(","))
         return cls([{"type": "value_error", "loc": ["body", *loc], "msg": msg}])
+
+
+# what each error type of a union's branch asks for, to name them all in one message
+_WANTS = {"float_type": "a number", "list_type": "an array", "int_type": "an integer",
+          "string_type": "a string", "bool_type": "a boolean"}
+
+
+def _union_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first field's errors as one error without branch names in ``loc``.
+
+    The option models are flat (no nested models), so after the field name a string in
+    ``loc`` can only be a union branch (``'float'``, ``'list[float]'``); integers are
+    indices. An error with an index came from the branch that matched the input's kind
+    (an array), so it wins; when no branch matched, one message names them all."""
+    field = errors[0]["loc"][:1]
+    mine = [e for e in errors if e["loc"][:1] == field]
+    clean = [{**e, "loc": (*field, *(p for p in e["loc"][1:] if isinstance(p, int)))} for e in mine]
+    branches = {p for e in mine for p in e["loc"][1:] if isinstance(p, str)}
+    if not branches:
+        return clean[0]
+    indexed = [e for e in clean if len(e["loc"]) > 1]
+    if indexed:
+        return indexed[0]
+    wants = [_WANTS.get(e["type"]) for e in clean]
+    if None in wants:
+        return clean[0]
+    return {**clean[0], "msg": "Input should be " + " or ".join(dict.fromkeys(wants))}
 
 
 _LEADING_FIELD = re.compile(r"^([a-z_][a-z0-9_]*)(?:\[(\d+(?:,\s*\d+)*)\])?")

@@ -38,8 +38,7 @@ _ARRAY_FIELDS = frozenset({"predictions", "labels", "sample_weight", "features",
 
 
 def _run_json(body: bytes | memoryview, fn: Compute) -> tuple[bytes, int]:
-    data = codec_json.decode_body_fast(body, _ARRAY_FIELDS)
-    payload, n = fn(data if data is not None else codec_json.decode_body(body))
+    payload, n = fn(codec_json.decode(body, _ARRAY_FIELDS))
     return codec_json.encode(payload), n
 
 

@@ -7,16 +7,18 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from . import __version__
-from .codec_oip import (FLOAT_TYPES, HEADER_LENGTH, LABEL_TYPES, InferRequest, InferResponse, OipError,
-                        decode_request, encode_response)
+from .codec_oip import (FLOAT_TYPES, HEADER_LENGTH, HEADER_NAME, LABEL_TYPES, InferRequest, InferResponse,
+                        OipError, decode_request, encode_response)
 from .bodies import BufferPool, run_on_body
 from .compute import compute_grad, compute_loss
 from .errors import RequestError
 from .metrics import Metrics
 from .runner import KernelRunner, Readiness
 from .schemas import LossOptions, ParamsOptions
+from .schemas_oip import InferenceRequest, InferenceResponse, ModelMetadata, OipErrorBody, ServerMetadata
 
 _LOSS_INPUTS = {"predictions": FLOAT_TYPES, "labels": LABEL_TYPES, "sample_weight": FLOAT_TYPES,
                 "pos_weight": FLOAT_TYPES}
@@ -37,13 +39,22 @@ class Model:
         self.compute = compute
 
     def metadata(self) -> dict[str, Any]:
+        """OIP gives a tensor one ``datatype``: FP64, which every input accepts and the
+        results are exact in (what generic clients and load generators send); every
+        datatype accepted is listed in the tensor's ``parameters.datatypes``."""
         return {
             "name": self.name, "versions": ["1"], "platform": "lossd",
-            "inputs": [{"name": n, "datatype": "FP64", "shape": [-1, -1] if n in ("predictions", "labels",
-                                                                                    "features") else [-1]}
-                       for n in self.inputs],
+            "inputs": [{"name": n, "datatype": "FP64",
+                        "shape": [-1, -1] if n in ("predictions", "labels", "features") else [-1],
+                        "parameters": {"datatypes": ",".join(sorted(types, key=_PREFERRED.index))}}
+                       for n, types in self.inputs.items()],
             "outputs": self.outputs,
         }
+
+
+# the order datatypes are listed in metadata: the one to send first
+_PREFERRED = ("FP64", "FP32", "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
+_ARRAY_OUT = {"parameters": {"datatypes": "FP64,FP32"}}  # FP32 with the parameter dtype = float32
 
 
 def _stat_outputs() -> list[dict[str, Any]]:
@@ -53,12 +64,12 @@ def _stat_outputs() -> list[dict[str, Any]]:
 MODELS = {
     "loss": Model("loss", _LOSS_INPUTS, tuple(LossOptions.model_fields),
                   [{"name": "loss", "datatype": "FP64", "shape": [1]},
-                   {"name": "losses", "datatype": "FP64", "shape": [-1, -1]}, *_stat_outputs()],
+                   {"name": "losses", "datatype": "FP64", "shape": [-1, -1], **_ARRAY_OUT}, *_stat_outputs()],
                   compute_loss),
     "grad": Model("grad", _GRAD_INPUTS, (*LossOptions.model_fields, *ParamsOptions.model_fields),
                   [{"name": "loss", "datatype": "FP64", "shape": [1]},
-                   {"name": "losses", "datatype": "FP64", "shape": [-1, -1]},
-                   {"name": "grad", "datatype": "FP64", "shape": [-1, -1]},
+                   {"name": "losses", "datatype": "FP64", "shape": [-1, -1], **_ARRAY_OUT},
+                   {"name": "grad", "datatype": "FP64", "shape": [-1, -1], **_ARRAY_OUT},
                    {"name": "coef_grad", "datatype": "FP64", "shape": [-1]},
                    {"name": "intercept_grad", "datatype": "FP64", "shape": [1]}, *_stat_outputs()],
                   compute_grad),
@@ -158,11 +169,63 @@ def _decode_and_infer(body: bytes | memoryview, model: Model, header_length: str
     return infer(model, decode_request(body, header_length, model.inputs))
 
 
+_MODEL_PARAM = {"name": "model_name", "in": "path", "required": True,
+                "schema": {"type": "string", "enum": list(MODELS)}}
+_VERSION_PARAM = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "enum": ["1"]}}
+
+
+def _ref(model: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model}"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("OipErrorBody")}}}
+
+
+_ERRORS = {
+    "401": _error("Bearer token missing or wrong (when LOSSD_API_TOKEN is set)."),
+    "404": _error("Unknown model (or version)."),
+}
+_INFER_DOC = {
+    "parameters": [_MODEL_PARAM, {
+        "name": HEADER_NAME, "in": "header", "required": False, "schema": {"type": "integer", "minimum": 1},
+        "description": "Length of the JSON header when binary tensors follow it (binary tensor data "
+                       "extension); required for an application/octet-stream body."}],
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": _ref("InferenceRequest")},
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "The InferenceRequest JSON header (Inference-Header-Content-Length bytes), "
+                           "then each binary input's binary_data_size bytes in input order."}}},
+    "responses": {
+        "200": {"description": "The outputs; binary ones follow the JSON header (its length in the "
+                               "Inference-Header-Content-Length response header).",
+                "content": {"application/json": {"schema": _ref("InferenceResponse")},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        "400": _error("Malformed request: sizes, datatypes, unknown tensors, parameters or outputs, "
+                      "bad values (the JSON API's messages)."),
+        **_ERRORS,
+        "413": _error("The body is over LOSSD_MAX_BODY_BYTES."),
+        "503": _error("Too many requests queued; retry after the Retry-After delay."),
+    },
+}
+
+
+def _model_doc(body_model: str | None = None) -> dict[str, Any]:
+    if body_model:
+        ok = {"200": {"description": "Model metadata.", "content": {"application/json": {"schema": _ref(body_model)}}}}
+    else:  # readiness: the protocol's "4xx is false", empty bodies
+        ok = {"200": {"description": "Ready."}, "400": {"description": "Not ready yet."}}
+    return {"parameters": [_MODEL_PARAM], "responses": {**ok, **_ERRORS}}
+
+
 def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readiness: Readiness,
                    pool: BufferPool, inline_bytes: int) -> None:
+    """Path parameters are read from ``request.path_params``: as endpoint arguments
+    FastAPI would document (and answer) a 422 that OIP clients never get."""
     tags = ["open inference protocol v2"]
 
-    @app.get("/v2", tags=tags, summary="Server metadata")
+    @app.get("/v2", tags=tags, summary="Server metadata", response_model=ServerMetadata)
     async def server_metadata() -> dict[str, Any]:
         return {"name": "lossd", "version": __version__, "extensions": ["binary_tensor_data"]}
 
@@ -174,40 +237,47 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
     async def ready() -> Response:
         return Response(status_code=200 if readiness.ready.is_set() else 400)
 
-    @app.get("/v2/models/{model_name}", tags=tags, summary="Model metadata: inputs and outputs")
-    async def model_metadata(model_name: str) -> dict[str, Any]:
-        return _model(model_name).metadata()
+    @app.get("/v2/models/{model_name}", tags=tags, summary="Model metadata: inputs and outputs",
+             response_model=None, openapi_extra=_model_doc("ModelMetadata"))
+    async def model_metadata(request: Request) -> Response:
+        return JSONResponse(_model(request.path_params["model_name"]).metadata())
 
     @app.get("/v2/models/{model_name}/versions/{version}", tags=tags, include_in_schema=False)
-    async def model_version_metadata(model_name: str, version: str) -> dict[str, Any]:
-        _version(version)
-        return _model(model_name).metadata()
+    async def model_version_metadata(request: Request) -> Response:
+        _version(request.path_params["version"])
+        return JSONResponse(_model(request.path_params["model_name"]).metadata())
 
-    @app.get("/v2/models/{model_name}/ready", tags=tags, summary="200 once the model's kernels are compiled")
-    async def model_ready(model_name: str) -> Response:
-        _model(model_name)
+    @app.get("/v2/models/{model_name}/ready", tags=tags, summary="200 once the model's kernels are compiled",
+             response_model=None, openapi_extra=_model_doc())
+    async def model_ready(request: Request) -> Response:
+        _model(request.path_params["model_name"])
         return Response(status_code=200 if readiness.ready.is_set() else 400)
 
-    async def run_infer(request: Request, model_name: str) -> Response:
-        model = _model(model_name)
+    async def run_infer(request: Request) -> Response:
+        model = _model(request.path_params["model_name"])
         header_length = request.headers.get(HEADER_LENGTH)
         content, headers, n = await run_on_body(request, pool, runner, inline_bytes, _decode_and_infer,
                                                 model, header_length)
         metrics.elements.labels(request.scope["route"].path).inc(n)
         return Response(content, headers=headers)
 
-    @app.post("/v2/models/{model_name}/infer", tags=tags, summary="Inference (JSON or binary tensors)")
-    async def model_infer(request: Request, model_name: str) -> Response:
+    @app.post("/v2/models/{model_name}/infer", tags=tags, summary="Inference (JSON or binary tensors)",
+              response_model=None, openapi_extra=_INFER_DOC)
+    async def model_infer(request: Request) -> Response:
         """Inputs `predictions`, `labels` (also INT*/UINT*/BOOL), `sample_weight`, `pos_weight`,
         `features`, `coef`, `intercept`; options as request `parameters` named as in the
         JSON API. Outputs `loss`, `losses`, `grad` or `coef_grad`/`intercept_grad`, and the
         stats `count`, `sum`, `mean`, `std`, `min`, `max` (+ `pNN` quantiles)."""
-        return await run_infer(request, model_name)
+        return await run_infer(request)
 
     @app.post("/v2/models/{model_name}/versions/{version}/infer", tags=tags, include_in_schema=False)
-    async def model_version_infer(request: Request, model_name: str, version: str) -> Response:
-        _version(version)
-        return await run_infer(request, model_name)
+    async def model_version_infer(request: Request) -> Response:
+        _version(request.path_params["version"])
+        return await run_infer(request)
+
+
+# models referenced by $ref above, added to components by the app's openapi()
+OPENAPI_MODELS = (InferenceRequest, InferenceResponse, ModelMetadata, OipErrorBody)
 
 
 def _version(version: str) -> None:

@@ -53,8 +53,11 @@ class LossOptions(BaseModel):
     quantiles: list[Unit] = Field(default_factory=list, max_length=1000, description="Quantiles "
                                   "of the per-element losses to add to `stats` as p50-style keys.",
                                   examples=[[0.5, 0.99]])
-    dtype: Literal["float64", "float32"] = Field("float64", description="Precision of the input "
-                                                 "arrays and of the returned arrays (computed in float64).")
+    dtype: Literal["float64", "float32"] = Field(
+        "float64", description="float32: predictions, labels and sample_weight are float32 values "
+        "(each number rounded to the nearest float32; a finite one beyond the float32 range is a 422 "
+        "naming field and index) and losses/grad are returned as float32. The kernels compute in "
+        "float64 either way; every path and transport gives the same bits.")
 
 
 class LossRequest(LossOptions):

@@ -29,6 +29,18 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+def flag(name: str) -> str:
+    """The ``lossd serve`` flag of a setting: max_body_bytes -> --max-body-bytes."""
+    return "--" + name.replace("_", "-")
+
+
+def _problem(e: dict, sources: dict[str, str]) -> str:
+    name = str(e["loc"][0]) if e["loc"] else ""
+    where = sources.get(name) or (ENV_PREFIX + name.upper() if name else "settings")
+    got = f" (got {e['input']!r})" if name in sources else ""
+    return f"{where}: {e['msg']}{got}"
+
+
 class Settings(BaseModel):
     """Service configuration. Every field ``name`` is read from ``LOSSD_NAME``."""
 
@@ -69,21 +81,24 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
-        """Settings from ``LOSSD_*`` variables; ``overrides`` (e.g. CLI flags) win.
-        Raises ``ValueError`` naming the variable on a bad value."""
+        """Settings from ``LOSSD_*`` variables; ``overrides`` (CLI flags) win.
+        Raises ``ValueError`` naming where a bad value came from: the flag
+        (``--max-body-bytes``) for an override, else the variable (``LOSSD_MAX_BODY_BYTES``)."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
+        sources: dict[str, str] = {}
         for name in cls.model_fields:
-            raw = env.get(ENV_PREFIX + name.upper())
+            var = ENV_PREFIX + name.upper()
+            raw = env.get(var)
             if raw is not None and raw != "":
-                values[name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
+                values[name], sources[name] = raw, var
+        for name, v in overrides.items():
+            if v is not None:
+                values[name], sources[name] = v, flag(name)
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg']}"
-                for e in exc.errors(include_url=False))
+            problems = "; ".join(_problem(e, sources) for e in exc.errors(include_url=False))
             raise ValueError(f"bad lossd settings: {problems}") from None
 
     def to_env(self) -> dict[str, str]:

@@ -356,3 +356,78 @@ def jsonable(a: Any) -> Any:
     if isinstance(a, float) and not math.isfinite(a):
         return "NaN" if a != a else ("Infinity" if a > 0 else "-Infinity")
     return a
+
+
+# ------------------------------------------------------------------------ OIP frames
+
+HCL = "Inference-Header-Content-Length"
+OIP_DATATYPES = {"f8": "FP64", "f4": "FP32", "i1": "INT8", "i2": "INT16", "i4": "INT32", "i8": "INT64",
+                 "u1": "UINT8", "u2": "UINT16", "u4": "UINT32", "u8": "UINT64", "b1": "BOOL"}
+
+
+def oip_frame(tensors: dict[str, np.ndarray], parameters: dict | None = None, *,
+              binary: bool = True) -> tuple[bytes, dict[str, str]]:
+    """An infer request body and its headers: each tensor (its own datatype) as binary
+    data after the JSON header, or as JSON ``data`` (±inf as strings); binary requests
+    ask for binary outputs."""
+    inputs, blobs = [], []
+    for name, a in tensors.items():
+        a = np.ascontiguousarray(a)
+        t = {"name": name, "datatype": OIP_DATATYPES[a.dtype.str[1:]], "shape": list(a.shape)}
+        if binary:
+            t["parameters"] = {"binary_data_size": a.nbytes}
+            blobs.append(a.astype(a.dtype.newbyteorder("<")).tobytes())
+        else:
+            t["data"] = jsonable(a.ravel().tolist())
+        inputs.append(t)
+    params = dict(parameters or {})
+    if binary:
+        params["binary_data_output"] = True
+    head = json.dumps({"inputs": inputs, "parameters": params}, allow_nan=False).encode()
+    return head + b"".join(blobs), ({HCL: str(len(head))} if binary else {})
+
+
+def oip_outputs(content: bytes, headers) -> dict[str, np.ndarray]:
+    """Every output of an infer response as an array (binary ones read from the bytes
+    after the JSON header)."""
+    hlen = headers.get(HCL) or headers.get(HCL.lower())
+    head, blob = (json.loads(content[:int(hlen)]), content[int(hlen):]) if hlen else (json.loads(content), b"")
+    out, offset = {}, 0
+    for o in head["outputs"]:
+        dt = np.dtype({"FP64": "<f8", "FP32": "<f4"}[o["datatype"]])
+        size = (o.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            out[o["name"]] = np.array([_TEXT.get(v, v) if isinstance(v, str) else v for v in o["data"]],
+                                      dtype=dt).reshape(o["shape"])
+        else:
+            out[o["name"]] = np.frombuffer(blob, dt, count=math.prod(o["shape"]), offset=offset).reshape(o["shape"])
+            offset += size
+    assert offset == len(blob), "bytes after the last binary output"
+    return out
+
+
+def assert_bits_equal(a: np.ndarray, b: np.ndarray, where: str, any_nan: bool = False) -> None:
+    """Same dtype, shape and bits (-0.0 is not 0.0); with ``any_nan`` a NaN equals any
+    NaN (JSON writes every NaN as "NaN", without sign or payload)."""
+    assert a.dtype == b.dtype and a.shape == b.shape, (where, a.dtype, b.dtype, a.shape, b.shape)
+    u = np.dtype(f"u{a.dtype.itemsize}")
+    same = np.ascontiguousarray(a).view(u) == np.ascontiguousarray(b).view(u)
+    if any_nan and a.dtype.kind == "f":
+        same |= np.isnan(a) & np.isnan(b)
+    assert same.all(), f"{where}: {a.ravel()[~same.ravel()][:3]} != {b.ravel()[~same.ravel()][:3]}"
+
+
+def assert_oip_result(got: dict[str, np.ndarray], want: dict, where: str) -> None:
+    """OIP outputs equal a {"loss", "losses", "grad", "stats"} expectation bit for bit
+    (a NaN equals any NaN: JSON outputs cannot carry its sign or payload)."""
+    expected: dict[str, np.ndarray] = {}
+    for key, value in want.items():
+        if key == "stats":
+            expected.update({s: np.array([v], dtype=np.float64) for s, v in value.items()})
+        elif isinstance(value, np.ndarray):
+            expected[key] = value
+        elif value is not None:
+            expected[key] = np.array([value], dtype=np.float64)
+    assert set(got) == set(expected), (where, sorted(got), sorted(expected))
+    for key, value in expected.items():
+        assert_bits_equal(got[key], value, f"{where}: {key}", any_nan=True)

@@ -573,3 +573,20 @@ def test_imports_without_fastapi_or_numba() -> None:
             "sorted(m for m in ('fastapi', 'numba', 'kernels', 'service') if m in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
     assert r.returncode == 0, r.stderr
+
+
+def test_dtype_float32_is_sent_only_when_it_rounds_no_input():
+    """The service's dtype float32 rounds FP64 inputs too (README); the client keeps the
+    kernels' meaning (results only) by rounding float64 results itself then."""
+    opts = dict(input="logits", loss="cross_entropy", reduction="none", label_smoothing=0.0, eps=None,
+                gamma=2.0, alpha=None, quantiles=(), dtype="float32")
+    call = loss_call("loss", np.zeros(3, np.float32), np.array([1, 0, 1], np.int8),
+                     sample_weight=np.ones(3, np.float32), pos_weight=np.ones(1), **opts)
+    assert call.parameters["dtype"] == "float32"  # float32 results on the wire
+    for pred, lab, w in ((np.zeros(3), np.array([1, 0, 1]), None),
+                         (np.zeros(3, np.float32), np.array([0.5, 0.0, 1.0]), None),
+                         (np.zeros(3, np.float32), np.array([1, 0, 1]), np.ones(3))):
+        call = loss_call("loss", pred, lab, sample_weight=w, pos_weight=None, **opts)
+        assert "dtype" not in call.parameters
+        out = call.parse([("losses", np.array([0.1, 0.2, 1 / 3])), ("count", np.array([3.0]))])
+        assert out.losses.dtype == np.float32 and out.losses.tolist() == np.float32([0.1, 0.2, 1 / 3]).tolist()

@@ -11,6 +11,7 @@ import pytest
 
 from lossd.service import codec_json
 from lossd.service.errors import RequestError
+from lossd.service.precision import narrow
 from lossd.service.routes_json import _ARRAY_FIELDS
 
 FIELDS = _ARRAY_FIELDS
@@ -18,8 +19,7 @@ FIELDS = _ARRAY_FIELDS
 
 def slow(body: bytes) -> dict:
     data = codec_json.decode_body(body)
-    return {k: (codec_json.to_array(k, v, np.float32 if data.get("dtype") == "float32" else np.float64)
-                if k in ("predictions", "labels") else v) for k, v in data.items()}
+    return {k: (codec_json.to_array(k, v) if k in ("predictions", "labels") else v) for k, v in data.items()}
 
 
 @pytest.mark.parametrize("values", [
@@ -44,16 +44,26 @@ def test_fast_path_equals_the_orjson_path_bit_for_bit(values):
     np.testing.assert_array_equal(again["predictions"], fast["predictions"])
 
 
-def test_fast_path_float32_rounds_like_the_orjson_path():
+def test_both_paths_give_float64_and_narrowing_is_one_function():
+    """dtype float32 narrows after decoding (precision.narrow), whichever path decoded."""
     vals = [0.1, 1e-40, 3.4028234663852886e38, -7.5]
     body = json.dumps({"predictions": vals, "labels": [0, 1, 0, 1], "dtype": "float32"}).encode()
     fast = codec_json.decode_body_fast(body, FIELDS)
-    assert fast["predictions"].dtype == np.float32
+    assert fast["predictions"].dtype == np.float64
     np.testing.assert_array_equal(fast["predictions"], slow(body)["predictions"])
-    over = json.dumps({"predictions": [1.0, 1e39], "labels": [0, 1], "dtype": "float32"}).encode()
+    assert narrow("predictions", fast["predictions"]).tolist() == np.array(vals, np.float32).tolist()
     with pytest.raises(RequestError) as info:
-        codec_json.decode_body_fast(over, FIELDS)
-    assert info.value.detail[0]["loc"] == ["body", "predictions", 1]
+        narrow("sample_weight", np.array([1.0, 1e39]))
+    assert info.value.detail == [{"type": "value_error", "loc": ["body", "sample_weight", 1],
+                                  "msg": 'sample_weight[1] = 1e+39 is beyond the float32 range (dtype = "float32")'}]
+    with pytest.raises(RequestError) as info:
+        narrow("predictions", np.array([[1.0, 2.0], [-1e39, 0.0]]))
+    assert info.value.detail[0]["loc"] == ["body", "predictions", 1, 0]
+    assert info.value.detail[0]["msg"].startswith("predictions[1, 0] = -1e+39 is beyond")
+    # integers and booleans become float32 values too; ±inf stay
+    assert narrow("labels", np.array([True, False])).dtype == np.float32
+    assert narrow("labels", np.array([1, 0], np.int64)).tolist() == [1.0, 0.0]
+    assert narrow("predictions", np.array([np.inf, -np.inf])).tolist() == [np.inf, -np.inf]
 
 
 @pytest.mark.parametrize("body", [
@@ -62,21 +72,53 @@ def test_fast_path_float32_rounds_like_the_orjson_path():
     b'{"predictions": [1, [2]], "labels": [1, 0]}',                    # mixed depth
     b'{"predictions": [1, "Infinity"], "labels": [1, 0]}',             # non-finite string
     b'{"predictions": [1, 2], "labels": [true, false]}',               # booleans
-    b'{"predictions": [1, 2], "labels": [1, 0], "labels": [0, 1]}',    # duplicate key
     b'{"predictions": [1, 2], "labels": [1, 0], "note": "a [b"}',      # "[" in a string
     b'{"predictions": [1, 2], "labels": [1, 0], "x": {"y": [1]}}',     # a list inside an object
     b'{"predictions": [1e400], "labels": [1]}',                        # beyond float64
     b'{"predictions": [Infinity], "labels": [1]}',                     # bare token
+    b'\xef\xbb\xbf{"predictions": [1, 2], "labels": [1, 0]}',        # BOM: orjson refuses it
     b'[1, 2]', b'{"predictions": [1, 2', b'',
 ])
 def test_unusual_bodies_take_the_orjson_path(body):
     assert codec_json.decode_body_fast(body, FIELDS) is None
 
 
-def test_duplicate_keys_resolve_like_orjson():
-    body = b'{"predictions": [5.0], "labels": [1], "predictions": [0.5]}'
-    assert codec_json.decode_body_fast(body, FIELDS) is None
-    assert orjson.loads(body)["predictions"] == [0.5]
+DUPLICATES = [
+    # body, loc after "body", message
+    (b'{"predictions": [5.0], "labels": [1], "predictions": [0.5]}', ["predictions"],
+     'duplicate key "predictions"'),
+    (b'{"predictions": [[1], [2]], "labels": [[1], [0]], "labels": [[0], [0]]}', ["labels"],
+     'duplicate key "labels"'),
+    (b'{"predictions": [1, "Infinity"], "labels": [1, 0], "reduction": "sum", "reduction": "none"}',
+     ["reduction"], 'duplicate key "reduction"'),
+    (b'{"predictions": [1, Infinity], "labels": [1, 0], "gamma": 1, "gamma": 2}', ["gamma"],
+     'duplicate key "gamma"'),
+    (b'{"predictions": [1], "labels": [1], "x": {"a": 1, "a": 2}}', ["x", "a"], 'duplicate key "a" in x'),
+    (b'{"predictions": [1], "labels": [1], "quantiles": [0.5, {"q": [{"b": 1, "b": 1}]}]}',
+     ["quantiles", 1, "q", 0, "b"], 'duplicate key "b" in quantiles[1].q[0]'),
+    (b'{"predictions": [1, {"a": 1, "a": 2}], "labels": [1, 0]}', ["predictions", 1, "a"],
+     'duplicate key "a" in predictions[1]'),
+    (b'{"predictions": [1], "labels": [1], "n": 100000000000000000000, "n": 1}', ["n"],
+     'duplicate key "n"'),  # a 65-bit integer: simdjson refuses it, the stdlib check runs
+]
+
+
+@pytest.mark.parametrize("body,loc,msg", DUPLICATES)
+def test_duplicate_keys_are_refused_on_every_path(body, loc, msg):
+    want = [{"type": "duplicate_key", "loc": ["body", *loc], "msg": msg}]
+    with pytest.raises(RequestError) as info:
+        codec_json.decode(body, FIELDS)
+    assert info.value.detail == want
+    with pytest.raises(RequestError) as info:  # the orjson / stdlib path on its own
+        codec_json.decode_body(body)
+    assert info.value.detail == want
+
+
+def test_duplicate_key_check_keeps_the_fast_path():
+    body = json.dumps({"predictions": [0.5] * 100, "labels": [1] * 100, "quantiles": [0.5],
+                       "x": {"a": 1, "b": {"a": 2}}}).encode()
+    assert codec_json.decode_body_fast(body, FIELDS) is not None  # nested objects, no repeat
+    assert codec_json.decode(body, FIELDS)["x"] == {"a": 1, "b": {"a": 2}}
 
 
 def test_thread_parser_is_reused_and_results_stay_independent():

@@ -290,6 +290,21 @@ def test_model_metadata(triton, model, inputs, outputs):
     if model == "grad":
         assert all(d == -1 for d in by_name["grad"]["shape"])
         assert by_name["coef_grad"]["shape"] == [-1]
+    # one datatype per tensor (FP64, accepted everywhere); every accepted one in parameters
+    accepted = {t["name"]: t["parameters"]["datatypes"].split(",") for t in meta["inputs"]}
+    assert accepted["labels"] == ["FP64", "FP32", "BOOL", "INT8", "INT16", "INT32", "INT64",
+                                  "UINT8", "UINT16", "UINT32", "UINT64"]
+    assert all(v == ["FP64", "FP32"] for k, v in accepted.items() if k != "labels")
+    assert all(v[0] == by_name[k]["datatype"] for k, v in accepted.items())
+    assert by_name["losses"]["parameters"]["datatypes"] == "FP64,FP32"
+    np_types = {"FP64": np.float64, "FP32": np.float32, "BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16,
+                "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16,
+                "UINT32": np.uint32, "UINT64": np.uint64}
+    pred = np.array([0.5, -1.0])
+    for dt in accepted["labels"]:  # each one listed is taken
+        lab = np.array([1, 0]).astype(np_types[dt])
+        check_result(infer(triton, model, {"predictions": pred, "labels": lab}),
+                     expected_outputs((kernels.loss if model == "loss" else kernels.grad)(pred, lab)))
     # the versioned path answers the same
     assert triton.get_model_metadata(model, model_version="1") == meta
 
@@ -395,7 +410,9 @@ def test_parameters(triton, case, model):
 def test_dtype_float32_outputs(triton, reduction, binary_out):
     pred, lab = logits((30, 2)), hard01((30, 2))
     params = {"dtype": "float32", "reduction": reduction}
-    g = kernels.grad(pred, lab, dtype="float32", reduction=reduction)
+    # FP64 inputs are narrowed to float32 values, as over JSON (README: dtype)
+    p32, l32 = pred.astype(np.float32), lab.astype(np.float32)
+    g = kernels.grad(p32, l32, dtype="float32", reduction=reduction)
     exp = expected_outputs(g)
     assert exp["grad"].dtype == np.float32
     res = infer(triton, "grad", {"predictions": pred, "labels": lab}, parameters=params,
@@ -407,7 +424,7 @@ def test_dtype_float32_outputs(triton, reduction, binary_out):
         assert dts["losses"] == "FP32"
     else:
         assert dts["loss"] == "FP64"
-    r = kernels.loss(pred, lab, dtype="float32", reduction=reduction)
+    r = kernels.loss(p32, l32, dtype="float32", reduction=reduction)
     res = infer(triton, "loss", {"predictions": pred, "labels": lab}, parameters=params,
                 binary=not binary_out)
     check_result(res, expected_outputs(r))
@@ -645,7 +662,10 @@ MALFORMED = [
      _frame({"inputs": [jt("predictions", P2), jt("labels", L2)]}, blob=b"\0" * 8),
      ["8 bytes of binary data follow"]),
     ("binary input without header length", "loss",
-     (orjson.dumps({"inputs": GOOD}), {}), ["input 'predictions'", "runs past"]),
+     (orjson.dumps({"inputs": GOOD}), {}),
+     ["input 'predictions' has binary_data_size but the request has no Inference-Header-Content-Length header"]),
+    ("binary body without header length", "loss", (orjson.dumps({"inputs": GOOD}) + BLOB, {}),
+     ["binary tensors (binary_data_size) but no Inference-Header-Content-Length header"]),
     ("unknown datatype FP16", "loss",
      _json({"inputs": [jt("predictions", P2, "FP16"), jt("labels", L2)]}),
      ["input 'predictions': unknown datatype 'FP16'"]),
@@ -691,6 +711,33 @@ MALFORMED = [
      ["input 'labels': INT8 data must be integers"]),
     ("duplicate tensor", "loss", _json({"inputs": [jt("predictions", P2), jt("labels", L2), jt("labels", L2)]}),
      ["input 'labels' appears twice"]),
+    ("duplicate request parameter", "loss",
+     _json(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "shape": [1], "data": [0.5]}, '
+           b'{"name": "labels", "datatype": "FP64", "shape": [1], "data": [1]}], '
+           b'"parameters": {"reduction": "sum", "reduction": "none"}}'),
+     ['duplicate key "reduction" in parameters']),
+    ("duplicate key in an input tensor", "loss",
+     _json(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "datatype": "FP32", "shape": [1], '
+           b'"data": [0.5]}, {"name": "labels", "datatype": "FP64", "shape": [1], "data": [1]}]}'),
+     ['duplicate key "datatype" in inputs[0]']),
+    ("duplicate key in outputs[].parameters", "loss",
+     _json(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "shape": [1], "data": [0.5]}, '
+           b'{"name": "labels", "datatype": "FP64", "shape": [1], "data": [1]}], '
+           b'"outputs": [{"name": "loss", "parameters": {"binary_data": true, "binary_data": false}}]}'),
+     ['duplicate key "binary_data" in outputs[0].parameters']),
+    ("duplicate top-level key", "loss",
+     _json(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "shape": [1], "data": [0.5]}, '
+           b'{"name": "labels", "datatype": "FP64", "shape": [1], "data": [1]}], "id": "a", "id": "b"}'),
+     ['duplicate key "id" at its top level']),
+    ("duplicate key in a binary header's tensor parameters", "loss",
+     _frame(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "shape": [2], '
+            b'"parameters": {"binary_data_size": 16, "binary_data_size": 16}}, '
+            b'{"name": "labels", "datatype": "FP64", "shape": [2], "parameters": {"binary_data_size": 16}}]}'),
+     ['duplicate key "binary_data_size" in inputs[0].parameters']),
+    ("duplicate key with a bare NaN token", "loss",
+     _json(b'{"inputs": [{"name": "predictions", "datatype": "FP64", "shape": [1], "data": [NaN]}, '
+           b'{"name": "labels", "datatype": "FP64", "shape": [1], "data": [1], "shape": [1]}]}'),
+     ['duplicate key "shape" in inputs[1]']),
     ("unknown parameter", "loss",
      _json({"inputs": [jt("predictions", P2), jt("labels", L2)], "parameters": {"bogus": 1}}),
      ["unknown parameter 'bogus' for model 'loss'"]),
@@ -920,7 +967,32 @@ def test_integer_json_data_outside_its_datatype_is_refused(server, datatype, val
     """Not wrapped by astype (INT8 257 would silently become 1, a valid label)."""
     body = json.dumps({"inputs": [jt("predictions", [0.5, -1.0, 2.0]),
                                   jt("labels", [1, 0, value], datatype)]}).encode()
-    assert_error(post(server, body), 400, f"input 'labels': data holds values outside the {datatype} range {bounds}")
+    assert_error(post(server, body), 400, f"input 'labels': data[2] = {value} is outside the {datatype} range {bounds}")
+
+
+@pytest.mark.parametrize("datatype,value,message", [
+    # beyond int64: NumPy makes floats (or objects) of such lists; orjson reads 2^64 as a float
+    ("UINT64", 2**64 - 1, "labels[2] = 1.8446744073709552e+19 is outside [0, 1]"),
+    ("INT64", 2**64, "input 'labels': data[2] = 1.8446744073709552e+19 is outside the INT64 range "
+                     "[-9223372036854775808, 9223372036854775807]"),
+    ("INT64", 2**63, "input 'labels': data[2] = 9223372036854775808 is outside the INT64 range"),
+    ("UINT64", -1, "input 'labels': data[2] = -1 is outside the UINT64 range [0, 18446744073709551615]"),
+    ("UINT64", 2**64, "input 'labels': data[2] = 1.8446744073709552e+19 is outside the UINT64 range"),
+    ("INT8", 0.5, "input 'labels': INT8 data must be integers, got data[2] = 0.5"),
+])
+def test_64_bit_label_data_says_out_of_range(server, datatype, value, message):
+    """Issue 11 item 10: not "data must be integers" for integers that NumPy cannot hold."""
+    labels = {"name": "labels", "datatype": datatype, "shape": [3], "data": [1, 0, value]}
+    body = json.dumps({"inputs": [jt("predictions", [0.5, -1.0, 2.0]), labels]}).encode()
+    assert assert_error(post(server, body), 400).startswith(message)
+    # the largest UINT64 is a valid UINT64: the kernels' own message names it
+    if datatype == "UINT64" and value == 2**64 - 1:
+        lab = np.array([1, 0, value], dtype=np.uint64)
+        assert kernel_error(kernels.loss, np.array([0.5, -1.0, 2.0]), lab) == message
+        body, headers = binary_frame({"inputs": [bt("predictions", np.array([0.5, -1.0, 2.0])), bt("labels", lab)],
+                                      "parameters": {"loss": "hinge"}},
+                                     np.array([0.5, -1.0, 2.0]).tobytes(), lab.tobytes())
+        assert assert_error(post(server, body, headers), 400) == "labels[2] = 1.8446744073709552e+19 is not in {0, 1}"
 
 
 def test_fp32_json_data_beyond_float32_range_is_refused(server):
@@ -971,6 +1043,15 @@ def test_shapes_numpy_cannot_hold_get_400(app_client, case):
                                      np.full(count, 0.5).tobytes())
     r = app_client.post("/v2/models/loss/infer", content=body, headers=headers)
     assert_error(r, 400, "predictions")
+
+
+@pytest.mark.parametrize("datatype", [[], {}, ["FP64"], 64])
+def test_datatype_not_a_string_is_400(app_client, datatype):
+    """Found by the property tests: a list or object as datatype was unhashable (500)."""
+    body = json.dumps({"inputs": [{"name": "predictions", "datatype": datatype, "shape": [1], "data": [0.5]},
+                                  jt("labels", [1.0])]}).encode()
+    assert_error(app_client.post("/v2/models/loss/infer", content=body), 400,
+                 f"input 'predictions': unknown datatype {datatype!r}")
 
 
 # ------------------------------------------------------------------------- last: 5xx

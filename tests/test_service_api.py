@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -27,7 +28,7 @@ from lossd.service import Settings, create_app
 from lossd.service.settings import available_cores
 
 from service_helpers import (assert_same, check_grad_body, dumps, expected_loss_body, json_array,
-                             jsonable, strict_json)
+                             jsonable, oip_frame, strict_json)
 
 with warnings.catch_warnings():  # starlette's note about httpx vs httpx2 at import
     warnings.simplefilter("ignore")
@@ -522,6 +523,130 @@ def test_numbers_beyond_float_range_are_refused_with_bare_tokens_too(client):
     assert r.status_code == 422, r.text
 
 
+# ------------------------------------------- non-finite params (issue 11 item 4), OIP too
+
+def oip(c, model: str, tensors: dict, parameters: dict | None = None, binary: bool = True):
+    """An OIP infer request with ``tensors`` (name -> array) as binary or JSON inputs."""
+    body, headers = oip_frame(tensors, parameters, binary=binary)
+    return c.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+
+
+NONFINITE_PARAMS = [
+    # field, its value with one non-finite element, loc after the field, message
+    ("features", [[math.inf], [1.0]], [0, 0], "features[0, 0] = inf is not finite"),
+    ("features", [[1.0], [-math.inf]], [1, 0], "features[1, 0] = -inf is not finite"),
+    ("features", [[1.0], [math.nan]], [1, 0], "features[1, 0] is NaN"),
+    ("coef", [math.inf], [0], "coef[0] = inf is not finite"),
+    ("coef", [math.nan], [0], "coef[0] is NaN"),
+    ("labels", [1.0, math.inf], [1], "labels[1] = inf is not in {0, 1}"),
+    ("labels", [1.0, math.nan], [1], "labels[1] is NaN"),
+    ("sample_weight", [1.0, math.inf], [1], "sample_weight[1] = inf is not a finite weight >= 0"),
+]
+
+
+@pytest.mark.parametrize("coef", [1.0, 0.0])
+@pytest.mark.parametrize("field,value,where,msg", NONFINITE_PARAMS,
+                         ids=[f"{c[0]}-{c[3].split()[-1]}-{i}" for i, c in enumerate(NONFINITE_PARAMS)])
+def test_nonfinite_params_are_refused_on_every_path(client, field, value, where, msg, coef):
+    """`features [["Infinity"], [1.0]]` with `coef [1.0]` answered 200 with coef "NaN"
+    (with coef [0.0], a 422): refused always, the same way over JSON and OIP."""
+    req = {"wrt": "params", "features": [[0.5], [1.0]], "labels": [1.0, 0.0], "coef": [coef], field: value}
+    _err(client, "/grad", {k: jsonable(v) for k, v in req.items()}, [field, *where], msg)  # strings
+    _err(client, "/grad", dumps(req), [field, *where], msg)  # bare Infinity/NaN tokens
+    tensors = {k: np.array(v, dtype=np.float64) for k, v in req.items() if k != "wrt"}
+    for binary in (True, False):
+        for dtype in (np.float64, np.float32):
+            if field == "features":
+                tensors["features"] = np.array(value, dtype=dtype)
+            r = oip(client, "grad", tensors, {"wrt": "params"}, binary=binary)
+            assert r.status_code == 400 and r.json() == {"error": msg}, (binary, dtype, r.text)
+
+
+def test_nonfinite_features_in_a_zero_weight_row_are_refused(client):
+    req = {"wrt": "params", "features": [[0.5], ["Infinity"]], "labels": [1, 0], "coef": [1.0],
+           "sample_weight": [1.0, 0.0]}
+    _err(client, "/grad", req, ["features", 1, 0], "features[1, 0] = inf is not finite")
+
+
+def test_huge_finite_features_are_not_refused(client):
+    """The finiteness check sums first: finite features whose sum overflows still pass."""
+    req = {"wrt": "params", "features": [[1e308], [1e308]], "labels": [1, 0], "coef": [1e-308]}
+    body = ok(client, "/grad", req)
+    p = kernels.logreg_grad(np.array(req["features"]), np.array([1.0, 0.0]), np.array([1e-308]))
+    assert_same(body, {"loss": p.loss, "grad": {"coef": p.coef, "intercept": p.intercept}})
+
+
+# ---------------------------------------------- union-typed options (issue 11 item 9)
+
+UNION_ERRORS = [
+    # field, bad value, loc after the field, message
+    ("pos_weight", [1.0, "Infinity"], [1], "pos_weight[1]: input should be a valid number (got 'Infinity')"),
+    ("pos_weight", [1.0, None], [1], "pos_weight[1]: input should be a valid number (got None)"),
+    ("pos_weight", [[1.0]], [0], "pos_weight[0]: input should be a valid number"),
+    ("pos_weight", "x", [], "pos_weight: input should be a number or an array (got 'x')"),
+    ("pos_weight", True, [], "pos_weight: input should be a number or an array (got True)"),
+    ("pos_weight", {"a": 1}, [], "pos_weight: input should be a number or an array"),
+    ("eps", "Infinity", [], "eps: input should be a valid number (got 'Infinity')"),
+    ("eps", [0.1], [], "eps: input should be a valid number"),
+    ("alpha", "0.5", [], "alpha: input should be a valid number (got '0.5')"),
+    ("quantiles", [0.5, "Infinity", 2.0], [1], "quantiles[1]: input should be a valid number (got 'Infinity')"),
+    ("quantiles", [1.5, 2.0], [0], "quantiles[0]: input should be less than or equal to 1 (got 1.5)"),
+    ("quantiles", 0.5, [], "quantiles: input should be a valid list (got 0.5)"),
+    ("gamma", [2.0], [], "gamma: input should be a valid number"),
+]
+
+
+@pytest.mark.parametrize("path", ["/loss", "/grad"])
+@pytest.mark.parametrize("field,value,where,msg", UNION_ERRORS, ids=[f"{c[0]}-{c[1]!r}" for c in UNION_ERRORS])
+def test_option_errors_are_one_error_at_field_and_index(client, path, field, value, where, msg):
+    """`"pos_weight": [1.0, "Infinity"]` gave two errors, one at loc
+    ["body", "pos_weight", "list[float]", 1]: pydantic's union branches leaked."""
+    for labels in ([1, 0], [True, False]):  # the fast path and the orjson path
+        r = post(client, path, {"predictions": [0.5, -1.0], "labels": labels, field: value})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"] == [{"type": r.json()["detail"][0]["type"], "loc": ["body", field, *where],
+                                       "msg": msg}]
+    # the same message over OIP (a parameter; pos_weight also as a tensor)
+    r = oip(client, "loss", {"predictions": np.array([0.5, -1.0]), "labels": np.array([1.0, 0.0])}, {field: value})
+    assert r.status_code == 400 and r.json() == {"error": msg}, r.text
+
+
+def test_several_bad_options_give_one_error(client):
+    r = post(client, "/loss", {"predictions": [0.5], "labels": [1], "gamma": -1, "alpha": 2, "eps": "x"})
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and len(detail) == 1 and detail[0]["loc"] == ["body", "eps"], detail
+
+
+# ----------------------------------------------------- duplicate keys (issue 11 item 7)
+
+DUPLICATE_BODIES = [
+    # raw body, loc after "body", message
+    ('{"predictions": [0.5, 1], "labels": [1, 0], "labels": [0, 0]}', ["labels"], 'duplicate key "labels"'),
+    ('{"predictions": [0.5, 1], "labels": [true, false], "labels": [0, 0]}', ["labels"], 'duplicate key "labels"'),
+    ('{"predictions": [0.5, Infinity], "labels": [1, 0], "labels": [0, 0]}', ["labels"], 'duplicate key "labels"'),
+    ('{"predictions": [[0.5], [1]], "labels": [[1], [0]], "reduction": "sum", "reduction": "none"}',
+     ["reduction"], 'duplicate key "reduction"'),
+    ('{"predictions": [0.5], "labels": [1], "pos_weight": {"a": 1, "a": 2}}', ["pos_weight", "a"],
+     'duplicate key "a" in pos_weight'),
+    ('{"predictions": [0.5], "labels": [1], "quantiles": [{"q": 1, "q": 2}]}', ["quantiles", 0, "q"],
+     'duplicate key "q" in quantiles[0]'),
+]
+
+
+@pytest.mark.parametrize("path", ["/loss", "/grad"])
+@pytest.mark.parametrize("body,loc,msg", DUPLICATE_BODIES)
+def test_duplicate_keys_are_422_naming_the_key(client, path, body, loc, msg):
+    """The last of two "labels" used to win (the fast path's simdjson would take the first)."""
+    r = post(client, path, body)
+    assert r.status_code == 422 and r.json() == {"detail": [{"type": "duplicate_key", "loc": ["body", *loc],
+                                                             "msg": msg}]}, r.text
+
+
+def test_duplicate_keys_in_params_grad(client):
+    body = json.dumps(PARAMS)[:-1] + ', "coef": [0.0, 0.0]}'
+    _err(client, "/grad", body, ["coef"], 'duplicate key "coef"')
+
+
 def test_l2_error_names_the_field(client):
     _err(client, "/grad", dumps({**PARAMS, "l2": math.inf}), ["l2"], re.compile(r"^l2 = inf is outside"))
 
@@ -942,6 +1067,44 @@ def test_openapi_request_examples_validate(openapi):
     assert ex and all(_valid(openapi, schemas["LossRequest"], e) for e in ex)
 
 
+def test_openapi_documents_the_infer_endpoint(openapi, client):
+    """Issue 11: the infer endpoint had no request body and a 422 HTTPValidationError,
+    where the real errors are 400/404 {"error": ...}."""
+    schemas = openapi["components"]["schemas"]
+    op = openapi["paths"]["/v2/models/{model_name}/infer"]["post"]
+    content = op["requestBody"]["content"]
+    assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/InferenceRequest"}
+    assert content["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
+    params = {p["name"]: p for p in op["parameters"]}
+    assert params["model_name"]["in"] == "path" and params["model_name"]["schema"]["enum"] == ["loss", "grad"]
+    assert params["Inference-Header-Content-Length"]["in"] == "header"
+    assert "422" not in op["responses"] and {"200", "400", "404"} <= set(op["responses"])
+    for status in ("400", "404"):
+        assert op["responses"][status]["content"]["application/json"]["schema"] == \
+            {"$ref": "#/components/schemas/OipErrorBody"}
+    assert schemas["OipErrorBody"]["required"] == ["error"]
+    ok = op["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/InferenceResponse"}
+    for path, item in openapi["paths"].items():
+        if path.startswith("/v2"):
+            for method, o in item.items():
+                assert "422" not in o["responses"], (path, method)
+    # real bodies match the documented schemas
+    req = {"id": "a", "inputs": [{"name": "predictions", "datatype": "FP64", "shape": [2], "data": [0.5, "-Infinity"]},
+                                 {"name": "labels", "datatype": "INT8", "shape": [2], "data": [1, 0]}],
+           "parameters": {"reduction": "none", "quantiles": "0.5"}, "outputs": [{"name": "losses"}]}
+    assert _valid(openapi, schemas["InferenceRequest"], req)
+    assert all(_valid(openapi, schemas["InferenceRequest"], e) for e in schemas["InferenceRequest"]["examples"])
+    r = client.post("/v2/models/loss/infer", content=json.dumps(req))
+    assert r.status_code == 200 and _valid(openapi, schemas["InferenceResponse"], r.json()), r.text
+    for model in ("loss", "grad"):
+        assert _valid(openapi, schemas["ModelMetadata"], client.get(f"/v2/models/{model}").json())
+    r = client.post("/v2/models/nope/infer", content=b"{}")
+    assert r.status_code == 404 and _valid(openapi, schemas["OipErrorBody"], r.json())
+    r = client.post("/v2/models/loss/infer", content=b"{}")
+    assert r.status_code == 400 and _valid(openapi, schemas["OipErrorBody"], r.json())
+
+
 # ---------------------------------------------------------------------------- settings
 
 def test_settings_from_env_types():
@@ -979,6 +1142,38 @@ def test_settings_bad_values_name_the_variable(var, value):
     with pytest.raises(ValueError) as info:
         Settings.from_env({var: value})
     assert var in str(info.value), str(info.value)
+
+
+SETTING_FLAGS = [  # lossd serve's flags with a bad value each (argparse checks the types)
+    ("--port", "70000", "LOSSD_PORT"), ("--port", "-1", "LOSSD_PORT"), ("--workers", "0", "LOSSD_WORKERS"),
+    ("--threads", "0", "LOSSD_THREADS"), ("--max-body-bytes", "10", "LOSSD_MAX_BODY_BYTES"),
+]
+
+
+@pytest.mark.parametrize("flag,value,var", SETTING_FLAGS)
+def test_bad_flag_values_name_the_flag_not_the_variable(flag, value, var, monkeypatch, capsys):
+    """Issue 11 item 13: `lossd serve --port 70000` said LOSSD_PORT."""
+    from lossd.service import cli
+
+    for k in [k for k in os.environ if k.startswith("LOSSD_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv(var, "8")  # a valid value in the variable: the flag overrides it
+    code = cli.main(["serve", flag, value])  # refused before anything is served
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"lossd: bad lossd settings: {flag}: "), err
+    assert var not in err and f"(got {int(value)})" in err, err
+    # the same value from the environment names the variable
+    monkeypatch.setenv(var, value)
+    assert cli.main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lossd: bad lossd settings: {var}: ") and flag not in err, err
+
+
+def test_settings_overrides_are_named_as_flags():
+    with pytest.raises(ValueError) as info:
+        Settings.from_env({"LOSSD_PORT": "70000"}, max_body_bytes=10)
+    msg = str(info.value)
+    assert "LOSSD_PORT: " in msg and "--max-body-bytes: " in msg and "LOSSD_MAX_BODY_BYTES" not in msg, msg
 
 
 def test_float32_overflow_is_refused(client):

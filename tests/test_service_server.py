@@ -525,7 +525,8 @@ def test_bad_settings_exit_with_code_2_and_a_message():
     cases = [
         ([str(LOSSD), "serve"], {"LOSSD_PORT": "abc"}, "LOSSD_PORT"),
         ([str(LOSSD), "serve"], {"LOSSD_PORT": "70000"}, "LOSSD_PORT"),
-        ([str(LOSSD), "serve", "--workers", "0", "--port", str(free_port())], {}, "LOSSD_WORKERS"),
+        ([str(LOSSD), "serve", "--workers", "0", "--port", str(free_port())], {}, "--workers: "),
+        ([str(LOSSD), "serve", "--port", "70000"], {"LOSSD_PORT": "8123"}, "--port: "),
         ([sys.executable, "-m", "lossd", "serve", "--port", str(free_port())], {"LOSSD_MAX_BODY_BYTES": "12"},
          "LOSSD_MAX_BODY_BYTES"),
     ]
@@ -540,6 +541,8 @@ def test_bad_settings_exit_with_code_2_and_a_message():
             err = err.decode(errors="replace")
             assert p.returncode == 2, (argv, env, p.returncode, err[-2000:])
             assert err.startswith("lossd: ") and var in err, err
+            wrong = "LOSSD_" + var[2:-2].replace("-", "_").upper() if var.startswith("--") else "--"
+            assert wrong not in err, err  # the flag, not the variable it overrides
             assert "Traceback" not in err
     finally:
         for p in procs:
