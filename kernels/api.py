@@ -634,12 +634,16 @@ def loss(predictions, labels, *, input: str = "logits", loss: str = "cross_entro
          alpha: float | None = None, quantiles: float | Iterable[float] = (),
          dtype: str = "float64") -> LossResult:
     """Loss of ``predictions`` (N or N×K) against ``labels``; see the README for forms.
-    ``dtype="float32"`` returns the per-element array as float32 (computed in float64)."""
+    ``dtype="float32"``: the arrays are float32 values (predictions, labels and
+    sample_weight rounded to float32 first) and the per-element array is returned as
+    float32; the computation stays float64."""
+    if dtype != "float64":
+        predictions, labels, sample_weight = _as_float32(dtype, predictions, labels, sample_weight)
     plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
                  label_smoothing, eps, gamma, alpha, quantiles)
     value, losses, stats, _ = _run(plan, grad=False)
     if dtype != "float64":
-        losses = _out_dtype(losses, dtype)
+        losses = _float32_result(losses)
     return LossResult(value, losses, stats)
 
 
@@ -648,20 +652,57 @@ def grad(predictions, labels, *, input: str = "logits", loss: str = "cross_entro
          label_smoothing: float = 0.0, eps: float | None = None, gamma: float = 2.0,
          alpha: float | None = None, quantiles: float | Iterable[float] = (),
          dtype: str = "float64") -> GradResult:
-    """d(reduced loss)/d(predictions), with the loss and its statistics."""
+    """d(reduced loss)/d(predictions), with the loss and its statistics; ``dtype`` as
+    in ``loss``."""
+    if dtype != "float64":
+        predictions, labels, sample_weight = _as_float32(dtype, predictions, labels, sample_weight)
     plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
                  label_smoothing, eps, gamma, alpha, quantiles)
     value, losses, stats, g = _run(plan, grad=True)
     if dtype != "float64":
-        losses, g = _out_dtype(losses, dtype), _out_dtype(g, dtype)
+        losses, g = _float32_result(losses), _float32_result(g)
     return GradResult(value, g, losses, stats)
 
 
-def _out_dtype(a: np.ndarray | None, dtype: str) -> np.ndarray | None:
-    """The result arrays in the asked dtype (checked after the compute: a bad value is
-    reported once, and the common float64 call pays nothing)."""
+def _as_float32(dtype, predictions, labels, sample_weight) -> tuple:
+    """The arrays as float32 values for ``dtype="float32"`` (the service's JSON numbers
+    and FP64 tensors get the same rounding, so every transport gives the same bits): a
+    finite value beyond the float32 range is a ValueError naming array and index, not an
+    infinity that would change the loss unseen."""
     _choice("dtype", dtype, DTYPES_OUT)
-    return a if a is None or dtype == "float64" else a.astype(np.float32)
+    return (_to_float32("predictions", predictions), _to_float32("labels", labels),
+            None if sample_weight is None else _to_float32("sample_weight", sample_weight))
+
+
+def _to_float32(name: str, a) -> np.ndarray:
+    arr = _as_array(name, a)
+    if arr.dtype == np.float32:
+        return arr
+    narrow, i = float32_values(arr if arr.dtype.kind == "f" else arr.astype(np.float64))
+    if i is not None:
+        raise ValueError(f'{name}{_index(i, arr.shape)} = {_fmt(arr.reshape(-1)[i])} is beyond the '
+                         'float32 range (dtype = "float32")')
+    return narrow
+
+
+def float32_values(wide: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """``wide`` rounded to float32, and the flat index of the first finite value that
+    became infinite (which would change a loss unseen), or None."""
+    with np.errstate(over="ignore"):  # overflow is found (and named by the caller) below
+        narrow = wide.astype(np.float32)
+    if np.isfinite(narrow).all():
+        return narrow, None
+    over = (np.isinf(narrow) & np.isfinite(wide)).reshape(-1)
+    return narrow, (int(np.flatnonzero(over)[0]) if over.any() else None)
+
+
+def _float32_result(a: np.ndarray | None) -> np.ndarray | None:
+    """A result array as float32: a loss or gradient beyond the float32 range is inf
+    there, which is what float32 results mean (no NumPy warning)."""
+    if a is None:
+        return None
+    with np.errstate(over="ignore"):
+        return a.astype(np.float32)
 
 
 LOGREG_ROWS = 256  # rows per block: 256 x D values stay in L2 between the two reads
@@ -692,7 +733,7 @@ def logreg_grad(features, labels, coef, intercept: float = 0.0, *, sample_weight
     c = np.ascontiguousarray(c, dtype=np.float64)
     if not np.isfinite(c).all():
         i = int(np.flatnonzero(~np.isfinite(c))[0])
-        raise ValueError(f"coef[{i}] = {_fmt(c[i])} is not finite")
+        raise ValueError(f"coef[{i}] is NaN" if c[i] != c[i] else f"coef[{i}] = {_fmt(c[i])} is not finite")
     b0 = _number("intercept", intercept, -np.inf, np.inf, lo_open=True, hi_open=True)
     lam = _number("l2", l2, 0.0, np.inf, hi_open=True)
     X = np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64)

@@ -299,7 +299,7 @@ def finite_float(text: str) -> float:
 
 def to_array(name: str, value: Any) -> np.ndarray:
     """A JSON list (of numbers, or of equal-length lists of numbers) as a float64 array
-    (true/false are 1/0). ``dtype: "float32"`` narrows it later (precision.py).
+    (true/false are 1/0). ``dtype: "float32"`` narrows it later (in the kernels).
 
     The fast path is one C conversion; the slow path, taken only when the list holds
     something else, maps the non-finite strings and names the first bad element.

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from lossd.kernels.api import float32_values
+
 from .codec_json import NONFINITE, DuplicateKey, loads, nonfinite_as_text
-from .precision import to_float32
 
 HEADER_LENGTH = "inference-header-content-length"
 HEADER_NAME = "Inference-Header-Content-Length"
@@ -203,7 +204,7 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.
     if arr.size != count:
         raise OipError(f"input {name!r}: data has {arr.size} elements, shape {shape} needs {count}")
     if dtname == "FP32" and arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
-        narrow, j = to_float32(arr)
+        narrow, j = float32_values(arr)
         if j is not None:
             raise OipError(f"input {name!r}: data[{j}] = {float(arr.reshape(-1)[j])!r} is beyond the FP32 range")
         arr = narrow

@@ -6,7 +6,6 @@ with the number of elements it processed, or raises ``RequestError`` (422).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,6 @@ from lossd import kernels
 
 from .codec_json import to_array
 from .errors import RequestError
-from .precision import narrow
 from .schemas import GradOptions, LossOptions, ParamsOptions
 
 LOSS_ARRAYS = ("predictions", "labels", "sample_weight")
@@ -48,25 +46,6 @@ def _array(name: str, v: Any) -> np.ndarray:
     return v if isinstance(v, np.ndarray) else to_array(name, v)
 
 
-def _finite(name: str, arr: np.ndarray) -> np.ndarray:
-    """Refuse NaN and ±inf in ``arr`` (the logistic model's features and coef: an
-    infinite feature makes a NaN gradient whatever the kernels do with it). One pass
-    without a temporary; the exact scan runs only when the sum is not finite."""
-    if arr.dtype.kind != "f":
-        return arr
-    with np.errstate(over="ignore", invalid="ignore"):  # found by the scan below
-        if math.isfinite(float(np.sum(arr))):
-            return arr
-    bad = ~np.isfinite(arr)
-    if not bad.any():  # finite values whose sum overflowed
-        return arr
-    where = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), arr.shape))
-    v = float(arr[where])
-    at = "[" + ", ".join(map(str, where)) + "]"
-    what = "is NaN" if v != v else f"= {v} is not finite"
-    raise RequestError.at((name, *where), f"{name}{at} {what}")
-
-
 def _call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
@@ -84,11 +63,9 @@ def _predictions_request(data: dict[str, Any], model: type[BaseModel]):
     arrays, opts = _split(data, LOSS_ARRAYS, model)
     pred = _required(arrays, "predictions")
     lab = _required(arrays, "labels")
-    w = _optional(arrays, "sample_weight")
-    if opts.dtype == "float32":  # one place for every path and transport
-        pred, lab = narrow("predictions", pred), narrow("labels", lab)
-        w = None if w is None else narrow("sample_weight", w)
-    return pred, lab, w, opts
+    # dtype = "float32" rounds these to float32 in the kernels: one rule for the Python
+    # API and every path and transport
+    return pred, lab, _optional(arrays, "sample_weight"), opts
 
 
 def _header(opts: LossOptions) -> dict[str, Any]:
@@ -120,9 +97,9 @@ def _params_grad(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
                               "(it takes features, labels, coef, intercept, sample_weight, l2)",
                               kind="extra_forbidden")
     arrays, opts = _split(data, PARAMS_ARRAYS, ParamsOptions)
-    X = _finite("features", _required(arrays, "features"))
+    X = _required(arrays, "features")  # non-finite features and coef: refused by the kernels
     y = _required(arrays, "labels")
-    c = _finite("coef", _required(arrays, "coef"))
+    c = _required(arrays, "coef")
     p = _call(kernels.logreg_grad, X, y, c, opts.intercept,
               sample_weight=_optional(arrays, "sample_weight"), l2=opts.l2)
     return {"loss": p.loss, "grad": {"coef": p.coef, "intercept": p.intercept}}, X.size

@@ -575,18 +575,18 @@ def test_imports_without_fastapi_or_numba() -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_dtype_float32_is_sent_only_when_it_rounds_no_input():
-    """The service's dtype float32 rounds FP64 inputs too (README); the client keeps the
-    kernels' meaning (results only) by rounding float64 results itself then."""
-    opts = dict(input="logits", loss="cross_entropy", reduction="none", label_smoothing=0.0, eps=None,
-                gamma=2.0, alpha=None, quantiles=(), dtype="float32")
-    call = loss_call("loss", np.zeros(3, np.float32), np.array([1, 0, 1], np.int8),
-                     sample_weight=np.ones(3, np.float32), pos_weight=np.ones(1), **opts)
-    assert call.parameters["dtype"] == "float32"  # float32 results on the wire
-    for pred, lab, w in ((np.zeros(3), np.array([1, 0, 1]), None),
-                         (np.zeros(3, np.float32), np.array([0.5, 0.0, 1.0]), None),
-                         (np.zeros(3, np.float32), np.array([1, 0, 1]), np.ones(3))):
-        call = loss_call("loss", pred, lab, sample_weight=w, pos_weight=None, **opts)
-        assert "dtype" not in call.parameters
-        out = call.parse([("losses", np.array([0.1, 0.2, 1 / 3])), ("count", np.array([3.0]))])
-        assert out.losses.dtype == np.float32 and out.losses.tolist() == np.float32([0.1, 0.2, 1 / 3]).tolist()
+def test_dtype_float32_means_the_same_as_in_the_kernels(clients) -> None:
+    """dtype="float32" rounds the inputs to float32 and returns float32 arrays, in the
+    kernels and over the wire alike (the service applies the kernels' rule), so the
+    client sends it as given, whatever the inputs' dtype."""
+    rng = np.random.default_rng(11)
+    pred, lab, w = rng.normal(0, 3, 9), np.array([1, 0, 1, 1, 0, 0, 1, 0, 1]), rng.random(9) * 3
+    for c in clients.values():
+        for kw in (dict(reduction="none"), dict(sample_weight=w), dict(reduction="none", sample_weight=w)):
+            want = kernels.grad(pred, lab, dtype="float32", **kw)
+            got = c.grad(pred, lab, dtype="float32", **kw)
+            assert want.grad.dtype == got.grad.dtype == np.float32
+            assert np.array_equal(want.grad, got.grad) and want.loss == got.loss
+            np.testing.assert_array_equal(kernels.grad(pred.astype(np.float32), lab, sample_weight=(
+                None if "sample_weight" not in kw else w.astype(np.float32)), dtype="float32",
+                reduction=kw.get("reduction", "mean")).grad, got.grad)

@@ -11,7 +11,7 @@ import pytest
 
 from lossd.service import codec_json
 from lossd.service.errors import RequestError
-from lossd.service.precision import narrow
+from lossd import kernels
 from lossd.service.routes_json import _ARRAY_FIELDS
 
 FIELDS = _ARRAY_FIELDS
@@ -45,21 +45,24 @@ def test_fast_path_equals_the_orjson_path_bit_for_bit(values):
 
 
 def test_both_paths_give_float64_and_narrowing_is_one_function():
-    """dtype float32 narrows after decoding (precision.narrow), whichever path decoded."""
+    """dtype float32 narrows after decoding, in the kernels, whichever path decoded: the
+    same rule as kernels.loss(..., dtype="float32") on float64 arrays."""
     vals = [0.1, 1e-40, 3.4028234663852886e38, -7.5]
     body = json.dumps({"predictions": vals, "labels": [0, 1, 0, 1], "dtype": "float32"}).encode()
     fast = codec_json.decode_body_fast(body, FIELDS)
     assert fast["predictions"].dtype == np.float64
     np.testing.assert_array_equal(fast["predictions"], slow(body)["predictions"])
+    narrow = kernels.api._to_float32
     assert narrow("predictions", fast["predictions"]).tolist() == np.array(vals, np.float32).tolist()
-    with pytest.raises(RequestError) as info:
-        narrow("sample_weight", np.array([1.0, 1e39]))
-    assert info.value.detail == [{"type": "value_error", "loc": ["body", "sample_weight", 1],
-                                  "msg": 'sample_weight[1] = 1e+39 is beyond the float32 range (dtype = "float32")'}]
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ValueError) as info:
+        kernels.loss([1.0, 2.0], [1.0, 0.0], sample_weight=np.array([1.0, 1e39]), dtype="float32")
+    err = RequestError.from_kernel(info.value)
+    assert err.detail == [{"type": "value_error", "loc": ["body", "sample_weight", 1],
+                           "msg": 'sample_weight[1] = 1e+39 is beyond the float32 range (dtype = "float32")'}]
+    with pytest.raises(ValueError) as info:
         narrow("predictions", np.array([[1.0, 2.0], [-1e39, 0.0]]))
-    assert info.value.detail[0]["loc"] == ["body", "predictions", 1, 0]
-    assert info.value.detail[0]["msg"].startswith("predictions[1, 0] = -1e+39 is beyond")
+    assert RequestError.from_kernel(info.value).detail[0]["loc"] == ["body", "predictions", 1, 0]
+    assert str(info.value).startswith("predictions[1, 0] = -1e+39 is beyond")
     # integers and booleans become float32 values too; ±inf stay
     assert narrow("labels", np.array([True, False])).dtype == np.float32
     assert narrow("labels", np.array([1, 0], np.int64)).tolist() == [1.0, 0.0]

@@ -645,22 +645,32 @@ def test_logreg_nan_feature_is_refused_even_with_zero_weight():
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_dtype_float32_rounds_only_the_arrays(reduction):
+def test_dtype_float32_means_float32_arrays_in_and_out(reduction):
+    """dtype="float32": the arrays are float32 values (inputs rounded to float32, as the
+    service does with JSON numbers), computed in float64, per-element results returned
+    as float32; the loss and the stats stay float64."""
     rng = np.random.default_rng(7)
     s = rng.normal(scale=5.0, size=(300, 3))
     y = (rng.random((300, 3)) < 0.4).astype(np.float64)
-    wide = kernels.grad(s, y, reduction=reduction)
-    narrow = kernels.grad(s, y, reduction=reduction, dtype="float32")
-    assert narrow.grad.dtype == np.float32
-    np.testing.assert_array_equal(narrow.grad, wide.grad.astype(np.float32))
-    assert narrow.loss == wide.loss and narrow.stats == wide.stats  # scalars stay float64
-    lw = kernels.loss(s, y, reduction=reduction)
-    ln = kernels.loss(s, y, reduction=reduction, dtype="float32")
-    if reduction == "none":
-        assert ln.losses.dtype == np.float32
-        np.testing.assert_array_equal(ln.losses, lw.losses.astype(np.float32))
-    else:
-        assert ln.losses is None and ln.loss == lw.loss
+    w = rng.random(300) * 3
+    for kw in ({}, {"sample_weight": w}):
+        kw32 = {k: v.astype(np.float32) for k, v in kw.items()}
+        f32 = kernels.grad(s.astype(np.float32), y.astype(np.float32), reduction=reduction, **kw32)
+        narrow = kernels.grad(s, y, reduction=reduction, dtype="float32", **kw)
+        assert narrow.grad.dtype == np.float32
+        np.testing.assert_array_equal(narrow.grad, f32.grad.astype(np.float32))
+        assert narrow.loss == f32.loss and narrow.stats == f32.stats  # scalars stay float64
+        l32 = kernels.loss(s.astype(np.float32), y.astype(np.float32), reduction=reduction, **kw32)
+        ln = kernels.loss(s, y, reduction=reduction, dtype="float32", **kw)
+        if reduction == "none":
+            assert ln.losses.dtype == np.float32
+            np.testing.assert_array_equal(ln.losses, l32.losses.astype(np.float32))
+        else:
+            assert ln.losses is None and ln.loss == l32.loss
+    with pytest.raises(ValueError, match=r'^predictions\[1, 2\] = 1e\+39 is beyond the float32 range'):
+        s2 = s.copy()
+        s2[1, 2] = 1e39
+        kernels.loss(s2, y, dtype="float32")
 
 
 @pytest.mark.parametrize("fn", [kernels.loss, kernels.grad])

@@ -116,20 +116,7 @@ def loss_call(model: str, predictions: Any, labels: Any, *, sample_weight: Any, 
         else:
             inputs.append(("pos_weight", float_tensor("pos_weight", pos_weight)))
     parse = to_grad_result if model == "grad" else to_loss_result
-    if params.get("dtype") == "float32" and any(arr.dtype.kind == "f" and arr.dtype.itemsize == 8
-                                                for name, arr in inputs if name != "pos_weight"):
-        # The service reads dtype float32 as "the inputs are float32 values" and rounds
-        # FP64 ones; the kernels' keyword rounds only the results. Ask for float64
-        # results and round them here: the kernels' bits, whatever the inputs.
-        del params["dtype"]
-        parse = _rounding(parse)
     return Call(model, inputs, params, parse)
-
-
-def _rounding(parse: Callable[[Outputs], Any]) -> Callable[[Outputs], Any]:
-    def parse_float32(outputs: Outputs) -> Any:
-        return parse([(n, a.astype(np.float32) if n in ("losses", "grad") else a) for n, a in outputs])
-    return parse_float32
 
 
 def logreg_call(features: Any, labels: Any, coef: Any, intercept: Any, *, sample_weight: Any,
