@@ -191,10 +191,7 @@ def _oip_bodies(req: dict[str, Any]) -> dict[str, tuple[bytes, dict]]:
 
 @bounded(70)
 @given(req=requests(), route=st.sampled_from(["loss", "grad"]))
-# NumPy warnings from the kernels, not the service: Σw overflows for weights near 1e308
-# (issue 11 item 3, a kernel fix), and dtype float32 rounds a loss beyond float32 to inf
-@pytest.mark.filterwarnings("ignore:overflow encountered in reduce:RuntimeWarning")
-@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no NumPy overflow warning on any path
 def test_every_path_gives_the_kernels_bits(app, req, route):
     want = _kernels(req, route)
     event("refused" if "error" in want else "answered")
