@@ -399,8 +399,6 @@ class _Plan:
     input: str
 
 
-_EMPTY = np.empty(0, dtype=np.float64)
-_EMPTY.setflags(write=False)
 _NO_OUTPUT = np.empty(0, dtype=np.float64)  # size 0: the kernels never write it
 _ONES = np.ones(BLOCK, dtype=np.float64)
 _ONES.setflags(write=False)
