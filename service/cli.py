@@ -6,6 +6,7 @@ import argparse
 import copy
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -25,6 +26,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, help="LOSSD_MAX_BODY_BYTES, default 64 MiB")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                        help="LOSSD_LOG_LEVEL, default info")
+    serve.add_argument("--graceful-timeout", type=float,
+                       help="seconds after SIGTERM for in-flight requests (LOSSD_GRACEFUL_TIMEOUT, default 20)")
+    from .bake import DEFAULT_TARGETS
+
+    bake = sub.add_parser("bake", help="compile every kernel signature ahead of time for CPU targets",
+                          description="Fills DEST/<target>/ for each target; serve it with "
+                                      "LOSSD_BAKED_CACHE=DEST and LOSSD_CPU_TARGET=portable.")
+    bake.add_argument("--dest", required=True, help="folder to fill (one subfolder per target)")
+    bake.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                      help=f"comma-separated x86-64 levels (default {','.join(DEFAULT_TARGETS)})")
+    bake.add_argument("--jobs", type=int, default=0,
+                      help="targets compiled at once (default: all; each compile is one thread)")
     return parser
 
 
@@ -50,10 +63,16 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         owned_dir = tempfile.mkdtemp(prefix="lossd-metrics-")
         os.environ[MULTIPROC_ENV] = owned_dir
+    # SIGTERM/SIGINT end a graceful shutdown, then uvicorn re-raises the signal against the
+    # handlers it found: with these no-ops the process then exits 0 (stopped as asked),
+    # instead of dying by the signal (143), which orchestrators read as a crash.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     try:
         uvicorn.run("lossd.service.app:create_app_from_env", factory=True, host=settings.host,
                     port=settings.port, workers=settings.workers, loop="uvloop", http="httptools",
                     log_level=settings.log_level, access_log=False,
+                    timeout_graceful_shutdown=settings.graceful_timeout,
                     log_config=_log_config(settings.log_level))
     finally:
         if owned_dir:
@@ -62,6 +81,11 @@ def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "bake":
+        from .bake import bake
+
+        targets = tuple(t for t in args.targets.split(",") if t)
+        return bake(targets, args.dest, args.jobs or len(targets))
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(**overrides)
