@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .middleware import FrontDoor
 from .bodies import BufferPool
 from .codec_oip import OipError
-from .drain import CloseWhenDraining, Drain
+from .drain import CloseWhenDraining
 from .routes_json import OPENAPI_MODELS, add_json_routes
 from .routes_oip import add_oip_routes
 from .runner import KernelRunner, Readiness
@@ -45,7 +45,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     runner = KernelRunner(settings.max_concurrency, settings.max_queue)
     readiness = Readiness()
-    drain = Drain()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -56,7 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         kernels.set_threads(threads)
         kernels.set_output_pool(settings.output_pool_bytes)
         readiness.start(settings.warmup)
-        drain.install()  # SIGTERM: stop taking connections, answer what was accepted, then exit
         yield
         runner.shutdown()
 
@@ -76,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(FrontDoor, max_body_bytes=settings.max_body_bytes,
                        api_token=settings.api_token, open_paths=OPEN_PATHS, metrics=metrics,
                        access_log=settings.access_log, routes=lambda: app.router.routes)
-    app.add_middleware(CloseWhenDraining, drain=drain)
+    app.add_middleware(CloseWhenDraining)  # while the server drains (SIGTERM): no keep-alive
     return app
 
 

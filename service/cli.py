@@ -28,16 +28,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="LOSSD_LOG_LEVEL, default info")
     serve.add_argument("--graceful-timeout", type=float,
                        help="seconds after SIGTERM for in-flight requests (LOSSD_GRACEFUL_TIMEOUT, default 20)")
-    from .bake import DEFAULT_TARGETS
+    from lossd import bake
 
-    bake = sub.add_parser("bake", help="compile every kernel signature ahead of time for CPU targets",
-                          description="Fills DEST/<target>/ for each target; serve it with "
-                                      "LOSSD_BAKED_CACHE=DEST and LOSSD_CPU_TARGET=portable.")
-    bake.add_argument("--dest", required=True, help="folder to fill (one subfolder per target)")
-    bake.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
-                      help=f"comma-separated x86-64 levels (default {','.join(DEFAULT_TARGETS)})")
-    bake.add_argument("--jobs", type=int, default=0,
-                      help="targets compiled at once (default: all; each compile is one thread)")
+    bake.add_arguments(sub.add_parser(
+        "bake", help="compile every kernel signature ahead of time for CPU targets",
+        description="Fills DEST/<target>/ for each target; serve it with LOSSD_BAKED_CACHE=DEST and "
+                    "LOSSD_CPU_TARGET=portable."))
     return parser
 
 
@@ -55,6 +51,7 @@ def _log_config(level: str) -> dict:
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from . import drain
     from .metrics import MULTIPROC_ENV
 
     # Workers are new processes: they read the same settings from the environment.
@@ -69,11 +66,11 @@ def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     try:
-        uvicorn.run("lossd.service.app:create_app_from_env", factory=True, host=settings.host,
-                    port=settings.port, workers=settings.workers, loop="uvloop", http="httptools",
-                    log_level=settings.log_level, access_log=False,
-                    timeout_graceful_shutdown=settings.graceful_timeout,
-                    log_config=_log_config(settings.log_level))
+        drain.run(uvicorn.Config("lossd.service.app:create_app_from_env", factory=True, host=settings.host,
+                                 port=settings.port, workers=settings.workers, loop="uvloop",
+                                 http="httptools", log_level=settings.log_level, access_log=False,
+                                 timeout_graceful_shutdown=settings.graceful_timeout,
+                                 log_config=_log_config(settings.log_level)))
     finally:
         if owned_dir:
             shutil.rmtree(owned_dir, ignore_errors=True)
@@ -82,10 +79,9 @@ def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "bake":
-        from .bake import bake
+        from lossd import bake
 
-        targets = tuple(t for t in args.targets.split(",") if t)
-        return bake(targets, args.dest, args.jobs or len(targets))
+        return bake.run(args)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(**overrides)

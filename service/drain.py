@@ -1,129 +1,50 @@
-"""Graceful stop of one server process, so that no request the server accepted is lost.
+"""Graceful stop of the server, so that no request the server accepted is lost.
 
-uvicorn alone, on SIGTERM, closes its listening socket and its idle keep-alive connections
-at once. Both lose requests that are already on their way: connections still in the
-kernel's accept queue are reset when the listener closes, and a request that reached an
-"idle" keep-alive connection a moment before it was closed is never read. So on SIGTERM
-(or SIGINT) each worker first:
+uvicorn alone, on SIGTERM, stops accepting and closes idle keep-alive connections at once.
+That loses requests already on their way: a request that reached an "idle" keep-alive
+connection a moment before it was closed is never read, and connections the kernel had
+queued on the listening socket are reset when it closes (with several workers the
+supervisor keeps the socket open, so the kernel even goes on queueing new ones until it
+exits). ``DrainingServer`` instead, when told to stop:
 
-1. answers every response with ``Connection: close``, so a busy keep-alive client finishes
-   its current request and then goes away on its own;
-2. attaches a drop-everything socket filter to its listening sockets: the kernel stops
-   completing new handshakes (those clients see a refused connection once the socket is
-   closed: not accepted, safe to retry), while connections already queued stay queued;
-3. keeps serving for ``ACCEPT_WINDOW`` seconds, so the event loop accepts what was queued
-   and those requests arrive and start;
-then hands the signal to uvicorn, which closes the (now empty) listener, lets in-flight
-requests finish within ``LOSSD_GRACEFUL_TIMEOUT`` and exits. A second signal skips ahead.
+1. answers every response with ``Connection: close`` for ``CLOSE_WINDOW`` seconds while
+   still accepting, so busy keep-alive clients finish their current request and leave on
+   their own (``CloseWhenDraining``; the flag lives in this module: one per process);
+2. stops the event loop's accepting, takes every connection already queued on the
+   listening sockets itself and hands them to the HTTP protocol like any other, then
+   shuts the listening sockets down: from then on the kernel refuses new connections
+   (for every process sharing them), so a client is either served or refused, never
+   left with a connection nobody reads;
+3. gives those last connections ``REQUEST_WAIT`` seconds for their request to arrive,
+then lets uvicorn finish in-flight requests within ``LOSSD_GRACEFUL_TIMEOUT`` and exit.
+
+``DrainingProcess`` makes uvicorn's worker supervisor run ``DrainingServer`` in each worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
-import signal
 import socket
-import struct
 import threading
-from types import FrameType
 
+import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.supervisors import multiprocess
 
 log = logging.getLogger("lossd")
 
-ACCEPT_WINDOW = 0.25  # s: the accept queue empties in microseconds; requests on loopback in ~1 ms
-_SO_ATTACH_FILTER = 26  # linux/asm-generic/socket.h
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def _drop_all_filter() -> tuple[bytes, ctypes.Array]:
-    """A classic BPF program of one instruction, ``ret #0``: keep 0 bytes of every packet."""
-    code = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))
-    return struct.pack("HL", 1, ctypes.addressof(code)), code  # (struct sock_fprog, its storage)
-
-
-def listening_sockets() -> list[int]:
-    """File descriptors of this process's listening TCP sockets."""
-    fds = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                continue
-            with socket.socket(fileno=os.dup(fd)) as s:
-                if s.type == socket.SOCK_STREAM and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                    fds.append(fd)
-        except OSError:
-            continue
-    return fds
-
-
-def stop_new_connections() -> int:
-    """Attach the drop-all filter to every listening socket; returns how many. The filter
-    is on the socket itself, so it holds in every process that shares it."""
-    prog, _keep = _drop_all_filter()
-    done = 0
-    for fd in listening_sockets():
-        try:
-            with socket.socket(fileno=os.dup(fd)) as s:
-                s.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog)
-                done += 1
-        except OSError as exc:  # not Linux, or not permitted: uvicorn's plain close remains
-            log.warning("could not stop new connections on fd %d: %s", fd, exc)
-    return done
-
-
-class Drain:
-    """Per worker: chains in front of uvicorn's signal handlers while the app runs."""
-
-    def __init__(self, accept_window: float = ACCEPT_WINDOW) -> None:
-        self.accept_window = accept_window
-        self.draining = False
-        self._previous: dict[int, object] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def install(self) -> bool:
-        """Called from the app's startup; only the main thread can handle signals (a
-        TestClient runs the app elsewhere: then nothing is installed)."""
-        if threading.current_thread() is not threading.main_thread():
-            return False
-        self._loop = asyncio.get_running_loop()
-        for sig in _SIGNALS:
-            self._previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._on_signal)
-        return True
-
-    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
-        if self.draining or self._loop is None:
-            self._hand_over(sig, frame)
-            return
-        self.draining = True
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain(sig, frame)))
-
-    async def _drain(self, sig: int, frame: FrameType | None) -> None:
-        n = stop_new_connections()
-        log.info("%s: draining (%d listening socket(s) closed to new connections)",
-                 signal.Signals(sig).name, n)
-        await asyncio.sleep(self.accept_window)
-        self._hand_over(sig, frame)
-
-    def _hand_over(self, sig: int, frame: FrameType | None) -> None:
-        previous = self._previous.get(sig)
-        if callable(previous):
-            previous(sig, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(sig, signal.SIG_DFL)
-            signal.raise_signal(sig)
+CLOSE_WINDOW = 0.3   # s: a busy client's current request ends well within this
+REQUEST_WAIT = 0.1   # s: a just-accepted connection's request arrives within this on loopback/LAN
+DRAINING = threading.Event()
 
 
 class CloseWhenDraining:
-    """ASGI middleware: once draining, every response says ``Connection: close``."""
+    """ASGI middleware: once the server drains, every response says ``Connection: close``."""
 
-    def __init__(self, app: ASGIApp, drain: Drain) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,8 +52,96 @@ class CloseWhenDraining:
             return
 
         async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start" and self.drain.draining:
+            if message["type"] == "http.response.start" and DRAINING.is_set():
                 message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
             await send(message)
 
         await self.app(scope, receive, send_closing)
+
+
+def listening_sockets() -> list[socket.socket]:
+    """This process's listening TCP sockets, as new descriptors (the caller closes them)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            s = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        if s.type == socket.SOCK_STREAM and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            found.append(s)
+        else:
+            s.close()
+    return found
+
+
+def take_queued(listener: socket.socket) -> list[socket.socket]:
+    """Accept every connection the kernel has queued on ``listener``, then shut it down, so
+    it refuses new ones; the two steps are microseconds apart."""
+    listener.setblocking(False)
+    taken = []
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:  # already shut down by another worker
+            break
+        taken.append(conn)
+    try:
+        listener.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
+    return taken
+
+
+class DrainingServer(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        DRAINING.set()
+        log.info("draining: every answer now closes its connection")
+        await asyncio.sleep(CLOSE_WINDOW)
+        listeners = listening_sockets()
+        for server in self.servers:
+            server.close()  # the loop stops accepting (and closes its descriptors)
+        loop = asyncio.get_running_loop()
+        taken = 0
+        for listener in listeners:
+            for conn in take_queued(listener):
+                conn.setblocking(False)
+                await loop.connect_accepted_socket(self._protocol, sock=conn)
+                taken += 1
+            listener.close()
+        log.info("no longer accepting connections (%d taken from the queue)", taken)
+        await asyncio.sleep(REQUEST_WAIT)
+        await super().shutdown(sockets)
+
+    def _protocol(self) -> asyncio.Protocol:
+        # what uvicorn's startup builds for every accepted connection
+        return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
+                                               app_state=self.lifespan.state)
+
+
+class DrainingProcess(multiprocess.Process):
+    """uvicorn's worker process, serving with ``DrainingServer``."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = DrainingServer(config=self.config)
+        return self._server
+
+
+def run(config: uvicorn.Config) -> None:
+    """``uvicorn.run`` for a ready ``config``, with draining servers (one or several workers)."""
+    if config.workers > 1:
+        sock = config.bind_socket()
+        # uvicorn's supervisor creates its workers by this module-level name
+        multiprocess.Process = DrainingProcess
+        multiprocess.Multiprocess(config, sockets=[sock]).run()
+    else:
+        config.load_app()
+        server = DrainingServer(config=config)
+        server.run()
+        if not server.started:
+            raise SystemExit(3)  # uvicorn's STARTUP_FAILURE
