@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lossd.kernels import _baked, _target
@@ -102,3 +103,41 @@ def test_link_tree_mirrors_files_as_links_and_keeps_what_is_there(tmp_path):
     assert _baked.link_tree(str(src), str(dst)) == 0  # a second worker: nothing left to do
     assert _baked.seed(str(tmp_path / "baked"), "x86-64-v4", str(dst)) is None  # not baked
     assert _baked.seed(str(tmp_path / "baked"), None, str(dst)) is None  # host-tuned
+
+
+_RESULTS = ("import sys, numpy as np\n"
+            "from lossd import kernels\n"
+            "rng = np.random.default_rng(11); n = 60_000\n"
+            "s = rng.normal(0, 8, n); s[:6] = [37, -37, 745.5, -745.5, np.inf, -np.inf]\n"
+            "y = (rng.random(n) > 0.5).astype(float)\n"
+            "np.save(sys.argv[1], np.stack([kernels.loss(s, y, reduction='none').losses,\n"
+            "                               kernels.grad(s, y, reduction='none').grad]))\n")
+
+
+def test_levels_with_fma_give_the_host_tuned_bits_and_v2_stays_within_4_ulp(tmp_path):
+    """The image serves a portable level: its answers must be the host-tuned ones. Levels
+    with FMA (v3, v4) compile to the same arithmetic; v2 has no FMA, so a contracted
+    multiply-add rounds twice there: a few elements differ by an ulp or two."""
+    import llvmlite.binding as llvm
+
+    levels = _target.supported_levels(llvm.get_host_cpu_features())
+    if not levels:
+        pytest.skip("this CPU is below x86-64-v2")
+    script = tmp_path / "results.py"
+    script.write_text(_RESULTS)
+    cache = os.environ.get("NUMBA_CACHE_DIR") or str(tmp_path / "cache")
+    out = {}
+    for target in ("host", *levels):
+        path = tmp_path / f"{target}.npy"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU_", "LOSSD_", "_LOSSD_"))}
+        proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True,
+                              env={**base, "LOSSD_CPU_TARGET": target, "NUMBA_CACHE_DIR": cache}, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[target] = np.load(path)
+    host = out["host"].view(np.int64)
+    for level in levels:
+        ulps = np.abs(out[level].view(np.int64) - host)
+        if level == "x86-64-v2":
+            assert ulps.max() <= 4, (level, int(ulps.max()))
+        else:
+            assert ulps.max() == 0, (level, int(ulps.max()), float((ulps > 0).mean()))
