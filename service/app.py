@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .middleware import FrontDoor
 from .bodies import BufferPool
 from .codec_oip import OipError
-from .drain import CloseWhenDraining
+from .drain import DRAINING, CloseWhenDraining
 from .routes_json import OPENAPI_MODELS, add_json_routes
 from .routes_oip import add_oip_routes
 from .runner import KernelRunner, Readiness
@@ -89,8 +89,10 @@ def _add_operations(app: FastAPI, metrics: Metrics, readiness: Readiness) -> Non
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], summary="200 once every kernel signature is compiled",
-             responses={503: {"description": "Still compiling (or compilation failed)."}})
+             responses={503: {"description": "Still compiling (or compilation failed), or shutting down."}})
     async def readyz() -> Response:
+        if DRAINING.is_set():  # shutting down: take this process out of rotation
+            return JSONResponse({"status": "draining"}, status_code=503)
         if readiness.ready.is_set():
             return JSONResponse({"status": "ready", "signatures": readiness.signatures})
         if readiness.error:

@@ -127,3 +127,27 @@ def test_sigkilled_worker_is_replaced_and_metrics_stay_consistent():
         re.findall(r"^lossd_requests_in_flight.*$", metrics, re.M)  # only this /metrics request
     served = _metric(metrics, "lossd_requests_total", route="/loss", status="200")
     assert totals["ok"] <= served <= totals["ok"] + totals["dropped"], (served, totals)
+
+
+def test_while_draining_readyz_is_503_and_every_answer_closes_its_connection():
+    import warnings
+
+    from lossd.service import Settings, create_app
+    from lossd.service.drain import DRAINING
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    with TestClient(create_app(Settings(warmup=False))) as c:
+        assert c.get("/readyz").status_code == 200
+        assert "close" not in c.post("/loss", json=SMALL).headers.get("connection", "")
+        DRAINING.set()
+        try:
+            r = c.get("/readyz")
+            assert r.status_code == 503 and r.json() == {"status": "draining"}
+            r = c.post("/loss", json=SMALL)
+            assert r.status_code == 200 and r.headers["connection"] == "close"
+            assert c.get("/healthz").status_code == 200  # alive: the liveness probe must not kill it
+        finally:
+            DRAINING.clear()
