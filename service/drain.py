@@ -15,8 +15,12 @@ exits). ``DrainingServer`` instead, when told to stop:
    shuts the listening sockets down: from then on the kernel refuses new connections
    (for every process sharing them), so a client is either served or refused, never
    left with a connection nobody reads;
-3. gives those last connections ``REQUEST_WAIT`` seconds for their request to arrive,
+3. waits until no open connection is idle: each one left either sends its request (served,
+   then closed) or is closed, by its client or by the keep-alive timeout (uvicorn's
+   ``timeout_keep_alive``, 5 s, bounds the wait; a second signal ends it),
 then lets uvicorn finish in-flight requests within ``LOSSD_GRACEFUL_TIMEOUT`` and exit.
+(uvicorn would close idle connections at once: one whose client had just sent a request,
+or had just connected and not yet sent it, would lose that request.)
 
 ``DrainingProcess`` makes uvicorn's worker supervisor run ``DrainingServer`` in each worker.
 """
@@ -35,8 +39,7 @@ from uvicorn.supervisors import multiprocess
 
 log = logging.getLogger("lossd")
 
-CLOSE_WINDOW = 0.3   # s: a busy client's current request ends well within this
-REQUEST_WAIT = 0.1   # s: a just-accepted connection's request arrives within this on loopback/LAN
+CLOSE_WINDOW = 0.3  # s: a busy client's current request ends well within this
 DRAINING = threading.Event()
 
 
@@ -113,13 +116,23 @@ class DrainingServer(uvicorn.Server):
                 taken += 1
             listener.close()
         log.info("no longer accepting connections (%d taken from the queue)", taken)
-        await asyncio.sleep(REQUEST_WAIT)
+        deadline = loop.time() + self.config.timeout_keep_alive
+        while not self.force_exit and loop.time() < deadline and any(map(_idle, self.server_state.connections)):
+            await asyncio.sleep(0.02)
         await super().shutdown(sockets)
 
     def _protocol(self) -> asyncio.Protocol:
         # what uvicorn's startup builds for every accepted connection
         return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
                                                app_state=self.lifespan.state)
+
+
+def _idle(connection) -> bool:
+    """An open connection with no request in progress: what uvicorn's own shutdown would
+    close at once (the same test as its protocols' ``shutdown``)."""
+    cycle = getattr(connection, "cycle", None)
+    transport = getattr(connection, "transport", None)
+    return (cycle is None or cycle.response_complete) and not (transport is None or transport.is_closing())
 
 
 class DrainingProcess(multiprocess.Process):
