@@ -42,7 +42,7 @@ print(n)
 """
 
 
-def _target_module() -> ModuleType:
+def target_module() -> ModuleType:
     """``lossd.kernels._target`` without importing ``lossd.kernels`` (which would set up
     Numba and compile its eager functions in this process for nothing)."""
     spec = importlib.util.find_spec("lossd.kernels")
@@ -58,7 +58,7 @@ def runnable(target: str) -> bool:
     """Whether this machine can run code compiled for ``target`` (else it is only compiled)."""
     import llvmlite.binding as llvm
 
-    return target in _target_module().supported_levels(llvm.get_host_cpu_features())
+    return target in target_module().supported_levels(llvm.get_host_cpu_features())
 
 
 def _env(target: str, cache_dir: str) -> dict[str, str]:

@@ -76,6 +76,19 @@ def serve(settings: Settings) -> None:
             shutil.rmtree(owned_dir, ignore_errors=True)
 
 
+def _check_cpu_target(mode: str) -> None:
+    """Refuse a level this CPU cannot run before any worker starts (the kernels would refuse
+    it at import, in every worker); an explicit NUMBA_CPU_* overrides the setting."""
+    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        return
+    import llvmlite.binding as llvm
+
+    from lossd.bake import target_module
+
+    features = llvm.get_host_cpu_features()
+    target_module().choose(mode, features, features.flatten())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "bake":
@@ -85,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(**overrides)
+        _check_cpu_target(settings.cpu_target)
     except ValueError as exc:
         print(f"lossd: {exc}", file=sys.stderr)
         return 2

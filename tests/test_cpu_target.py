@@ -141,3 +141,12 @@ def test_levels_with_fma_give_the_host_tuned_bits_and_v2_stays_within_4_ulp(tmp_
             assert ulps.max() <= 4, (level, int(ulps.max()))
         else:
             assert ulps.max() == 0, (level, int(ulps.max()), float((ulps > 0).mean()))
+
+
+def test_lossd_serve_refuses_a_bad_target_before_starting(tmp_path):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU_", "LOSSD_", "_LOSSD_"))}
+    lossd = os.path.join(os.path.dirname(sys.executable), "lossd")
+    proc = subprocess.run([lossd, "serve", "--port", "0"], capture_output=True, text=True, timeout=120,
+                          env={**base, "LOSSD_CPU_TARGET": "skylake", "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "LOSSD_CPU_TARGET" in proc.stderr and "Traceback" not in proc.stderr
