@@ -65,6 +65,27 @@ def test_ready_in_seconds_from_the_baked_cache(container):
     assert re.search(r"x86-64-v[234]", container.exec("sh", "-c", "ls -la /tmp/lossd-numba/*/ | head -5"))
 
 
+@pytest.mark.parametrize("level", ["x86-64-v2", "x86-64-v3"])
+def test_every_baked_level_loads_without_compiling(image, level):
+    """This CPU picks the best level it runs; the other baked levels (what other CPUs pick)
+    must be complete too. Skipped for a level this CPU cannot run."""
+    import llvmlite.binding as llvm
+
+    from lossd.kernels import _target
+
+    if level not in _target.supported_levels(llvm.get_host_cpu_features()):
+        pytest.skip(f"this CPU cannot run {level}")
+    c = Container(free_port(), env={"NUMBA_DEBUG_CACHE": "1", "LOSSD_CPU_TARGET": level})
+    try:
+        c.start()
+        c.wait_ready(timeout=READY_WITHIN)
+        logs = c.logs()
+    finally:
+        c.remove()
+    assert not re.findall(r"\[cache\] (?:data|index) saved to.*", logs), f"{level} compiled in the container"
+    assert len(re.findall(r"\[cache\] data loaded from", logs)) >= 54
+
+
 def test_runs_as_non_root(container):
     pids = container.host_pids()
     assert len(pids) >= 3, pids  # tini, lossd serve, 2 workers
