@@ -8,7 +8,7 @@ STAMP_DEV := $(VENV)/.installed-dev-$(HASH)
 
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install install-dev run test bench bench-kernels bench-service clean
+.PHONY: install install-dev run test bench bench-kernels bench-service bench-targets bench-scaling bench-image image run-image clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,5 +41,38 @@ bench-kernels: $(STAMP_DEV)
 bench-service: $(STAMP_DEV)
 	$(BIN)/python bench/service.py
 
+# Deployment figures (README, Deploy): portable CPU levels against host-tuned kernels,
+# 1 vs 2 workers under wrk (installed from Debian's packages when missing), image start.
+bench-targets: $(STAMP_DEV)
+	$(BIN)/python bench/cpu_targets.py
+
+bench-scaling: $(STAMP_DEV)
+	$(BIN)/python bench/scaling.py
+
+bench-image: $(STAMP_DEV) image
+	$(BIN)/python bench/container_start.py --image $(IMAGE)
+
+# The container image (see the README's Deploy section). deploy/docker-setup.sh installs
+# Debian's docker.io and starts dockerd where no engine runs (it says so); base-image.sh makes
+# debian:bookworm-slim locally when the registry is unreachable; wheelhouse.sh downloads the
+# wheels outside the build (pip inside a build may not trust the network's certificate).
+IMAGE ?= lossd:latest
+PORT = $(or $(LOSSD_PORT),8000)
+
+image:
+	@deploy/docker-setup.sh || { echo "make image: no Docker engine can run here (reason above)" >&2; exit 1; }
+	deploy/base-image.sh
+	PY=$(PY) deploy/wheelhouse.sh
+	DOCKER_BUILDKIT=$(or $(DOCKER_BUILDKIT),$(shell docker buildx version >/dev/null 2>&1 && echo 1 || echo 0)) \
+	  docker build -t $(IMAGE) .
+	@docker image inspect -f 'make image: {{index .RepoTags 0}}, {{.Size}} bytes' $(IMAGE)
+
+# Read-only root and a tmpfs /tmp, as in Kubernetes; every LOSSD_* variable of this shell
+# passes through (LOSSD_HOST excepted: the container binds 0.0.0.0, published on 127.0.0.1).
+run-image:
+	docker run --rm $(if $(shell test -t 0 && echo y),-it) --read-only --tmpfs /tmp \
+	  -p 127.0.0.1:$(PORT):$(PORT) \
+	  $(foreach v,$(filter-out LOSSD_HOST,$(filter LOSSD_%,$(.VARIABLES))),-e $(v)) $(IMAGE)
+
 clean:
-	rm -rf $(VENV) .numba_cache .pytest_cache
+	rm -rf $(VENV) .numba_cache .pytest_cache build deploy/wheelhouse/*.whl

@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .middleware import FrontDoor
 from .bodies import BufferPool
 from .codec_oip import OipError
+from .drain import DRAINING, CloseWhenDraining
 from .routes_json import OPENAPI_MODELS, add_json_routes
 from .routes_oip import OPENAPI_MODELS as OIP_MODELS, add_oip_routes
 from .runner import KernelRunner, Readiness
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(FrontDoor, max_body_bytes=settings.max_body_bytes,
                        api_token=settings.api_token, open_paths=OPEN_PATHS, metrics=metrics,
                        access_log=settings.access_log, routes=lambda: app.router.routes)
+    app.add_middleware(CloseWhenDraining)  # while the server drains (SIGTERM): no keep-alive
     return app
 
 
@@ -87,8 +89,10 @@ def _add_operations(app: FastAPI, metrics: Metrics, readiness: Readiness) -> Non
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], summary="200 once every kernel signature is compiled",
-             responses={503: {"description": "Still compiling (or compilation failed)."}})
+             responses={503: {"description": "Still compiling (or compilation failed), or shutting down."}})
     async def readyz() -> Response:
+        if DRAINING.is_set():  # shutting down: take this process out of rotation
+            return JSONResponse({"status": "draining"}, status_code=503)
         if readiness.ready.is_set():
             return JSONResponse({"status": "ready", "signatures": readiness.signatures})
         if readiness.error:

@@ -6,6 +6,7 @@ import argparse
 import copy
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -25,6 +26,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, help="LOSSD_MAX_BODY_BYTES, default 64 MiB")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                        help="LOSSD_LOG_LEVEL, default info")
+    serve.add_argument("--graceful-timeout", type=float,
+                       help="seconds after SIGTERM for in-flight requests (LOSSD_GRACEFUL_TIMEOUT, default 20)")
+    from lossd import bake
+
+    bake.add_arguments(sub.add_parser(
+        "bake", help="compile every kernel signature ahead of time for CPU targets",
+        description="Fills DEST/<target>/ for each target; serve it with LOSSD_BAKED_CACHE=DEST and "
+                    "LOSSD_CPU_TARGET=portable."))
     return parser
 
 
@@ -42,6 +51,7 @@ def _log_config(level: str) -> dict:
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from . import drain
     from .metrics import MULTIPROC_ENV
 
     # Workers are new processes: they read the same settings from the environment.
@@ -50,21 +60,45 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         owned_dir = tempfile.mkdtemp(prefix="lossd-metrics-")
         os.environ[MULTIPROC_ENV] = owned_dir
+    # SIGTERM/SIGINT end a graceful shutdown, then uvicorn re-raises the signal against the
+    # handlers it found: with these no-ops the process then exits 0 (stopped as asked),
+    # instead of dying by the signal (143), which orchestrators read as a crash.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     try:
-        uvicorn.run("lossd.service.app:create_app_from_env", factory=True, host=settings.host,
-                    port=settings.port, workers=settings.workers, loop="uvloop", http="httptools",
-                    log_level=settings.log_level, access_log=False,
-                    log_config=_log_config(settings.log_level))
+        drain.run(uvicorn.Config("lossd.service.app:create_app_from_env", factory=True, host=settings.host,
+                                 port=settings.port, workers=settings.workers, loop="uvloop",
+                                 http="httptools", log_level=settings.log_level, access_log=False,
+                                 timeout_graceful_shutdown=settings.graceful_timeout,
+                                 log_config=_log_config(settings.log_level)))
     finally:
         if owned_dir:
             shutil.rmtree(owned_dir, ignore_errors=True)
 
 
+def _check_cpu_target(mode: str) -> None:
+    """Refuse a level this CPU cannot run before any worker starts (the kernels would refuse
+    it at import, in every worker); an explicit NUMBA_CPU_* overrides the setting."""
+    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        return
+    import llvmlite.binding as llvm
+
+    from lossd.bake import target_module
+
+    features = llvm.get_host_cpu_features()
+    target_module().choose(mode, features, features.flatten())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "bake":
+        from lossd import bake
+
+        return bake.run(args)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(**overrides)
+        _check_cpu_target(settings.cpu_target)
     except ValueError as exc:
         print(f"lossd: {exc}", file=sys.stderr)
         return 2

@@ -70,6 +70,19 @@ class Settings(BaseModel):
         description="Bytes of large result arrays kept for reuse (skips zeroing fresh pages); 0: off.")
     warmup: bool = Field(True, description="Compile every kernel signature at start; /readyz waits for it.")
     access_log: bool = True
+    graceful_timeout: float = Field(
+        20.0, gt=0, le=3600,
+        description="Seconds after SIGTERM for in-flight requests to finish (no new connections are "
+                    "accepted meanwhile); requests still running then are cancelled.")
+    cpu_target: Literal["host", "portable", "x86-64-v2", "x86-64-v3", "x86-64-v4"] = Field(
+        "host",
+        description="CPU the kernels are compiled for: 'host' (tuned for this CPU), 'portable' (the "
+                    "best x86-64-vN level this CPU runs, whose cache loads on any such CPU) or a level. "
+                    "Read by lossd.kernels when it is imported.")
+    baked_cache: str | None = Field(
+        None, min_length=1,
+        description="Folder of caches compiled ahead of time by 'lossd bake', one per target; the "
+                    "chosen target's is linked into NUMBA_CACHE_DIR (the container image sets it).")
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> "Settings":
