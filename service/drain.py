@@ -81,8 +81,16 @@ def listening_sockets() -> list[socket.socket]:
 
 def take_queued(listener: socket.socket) -> list[socket.socket]:
     """Accept every connection the kernel has queued on ``listener``, then shut it down, so
-    it refuses new ones; the two steps are microseconds apart."""
+    it refuses new ones. The two steps are microseconds apart, and the backlog is cut to
+    its minimum first (``listen(0)``: one queued connection; the kernel drops further
+    SYNs, whose clients retry and are then refused), so at most a connection or so that
+    the kernel completes in between is reset unread: the client's first request on it
+    fails, as with any server that closes its listener."""
     listener.setblocking(False)
+    try:
+        listener.listen(0)
+    except OSError:
+        pass
     taken = []
     while True:
         try:

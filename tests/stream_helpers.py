@@ -5,8 +5,13 @@ Outcomes per request:
 - ``ok``: a complete 200 answer whose ``loss`` is the expected one;
 - ``refused``: the connection could not be opened (nothing was accepted: the server had
   stopped listening);
-- ``dropped``: the request was sent on an open connection and no answer came (reset or
-  closed): an accepted request that was lost, unless the process holding it was killed;
+- ``dropped``: the request was sent on a connection that had answered before and no
+  answer came (reset or closed): an accepted request that was lost, unless the process
+  holding it was killed;
+- ``unread``: the first request on a newly opened connection got no answer: either lost
+  like ``dropped``, or the kernel had completed the handshake but no process ever
+  accepted the connection (the instant a listener closes, its queue is reset), which a
+  client cannot tell from a refusal that came late;
 - ``status <code>`` / ``wrong``: any other answer.
 """
 
@@ -77,6 +82,7 @@ class RequestStream:
 
     def _run(self, log: ClientLog) -> None:
         conn: http.client.HTTPConnection | None = None
+        answered = False  # whether the current connection has answered a request yet
         deadline = self.t0 + self.max_seconds
         refused_in_a_row = 0
         while not self._stop.is_set() and time.monotonic() < deadline and self._take():
@@ -93,16 +99,18 @@ class RequestStream:
                         return
                     time.sleep(0.05)
                     continue
+                answered = False
             refused_in_a_row = 0
             try:
                 conn.request("POST", self.path, self.payload, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException):
-                log.outcomes.append((sent_at, "dropped", time.monotonic()))
+                log.outcomes.append((sent_at, "dropped" if answered else "unread", time.monotonic()))
                 conn.close()
                 conn = None
                 continue
+            answered = True
             log.outcomes.append((sent_at, self._judge(resp.status, data), time.monotonic()))
             if resp.will_close:
                 conn.close()
@@ -120,3 +128,23 @@ class RequestStream:
             except (ValueError, KeyError):
                 return "wrong"
         return "ok"
+
+
+# How many first requests on new connections a closing listener may reset unread: the
+# drain cuts the listen backlog to one before it takes the queue and shuts the listener,
+# so at most that one, or the one the kernel was completing, per listening process.
+UNREAD_AT_CLOSE = 2
+
+
+def assert_drained(streams: list[RequestStream], t_term: float, processes: int, log: str) -> None:
+    """The SIGTERM contract, as a client sees it: every request is answered right or
+    refused; none on a connection that had answered before is lost; at most
+    UNREAD_AT_CLOSE per process of first requests on new connections opened after the
+    signal are reset unread (the listener's queue at the instant it closes)."""
+    totals: Counter = Counter()
+    for s in streams:
+        totals += s.totals()
+    assert set(totals) <= {"ok", "refused", "unread"}, f"lost or wrong answers: {totals}\n{log[-3000:]}"
+    unread = [t for s in streams for c in s.clients for t, o, _ in c.outcomes if o == "unread"]
+    assert all(t >= t_term for t in unread), f"unread before the signal: {totals}\n{log[-3000:]}"
+    assert len(unread) <= UNREAD_AT_CLOSE * processes, f"{totals}\n{log[-3000:]}"
