@@ -66,11 +66,13 @@ def prefetch(typingctx, arr, idx):  # noqa: ARG001
     return sig, codegen
 
 
-# Columns of the per-block statistics table. Sums are double-doubles (hi, lo); S_MEAN
-# and S_WMEAN are the block's own means, which are the final ones when it is the only
-# block; S_NAN counts NaN losses or gradients that valid input produced (a bug).
-(S_COUNT, S_SUM, S_SUM_LO, S_M2, S_MIN, S_MAX, S_WSUM, S_WSUM_LO, S_BAD, S_NAN, S_MEAN,
- S_WMEAN) = range(12)
+# Columns of the per-block statistics table, the first ten in the order of merge_blocks'
+# result, so that a lone block's row is that result as it stands. Sums are double-doubles:
+# S_SUM the rounded sum and S_SUM_LO what it leaves out (likewise S_WSUM); S_MEAN and
+# S_WMEAN are the block's own means (the final ones when it is the only block); S_NAN
+# counts NaN losses or gradients that valid input produced (a bug).
+(S_COUNT, S_SUM, S_MEAN, S_M2, S_MIN, S_MAX, S_WSUM, S_WMEAN, S_BAD, S_NAN, S_SUM_LO,
+ S_WSUM_LO) = range(12)
 N_STATS = 12
 
 # Layout of the float64 parameter vector.
@@ -83,12 +85,12 @@ N_PARAMS = 9
 def make_block(kind: int, grad: int):
     """Build the serial block function for element ``kind``; ``grad`` adds gradients.
 
-    ``block(s, y, w, pwt, k, prm, scale, wscale, wden, out, gout, table, b, i0, i1)``
+    ``block(s, y, w, pwt, k, prm, scale, wscale, wden_hi, wden_lo, out, gout, table, b, i0, i1)``
     processes the flat elements [i0, i1) of s, y (whole rows), writes losses to
     ``out`` (if not empty) and scaled, weighted gradients to ``gout`` (if ``grad``),
     and its statistics to ``table[b]``. w: N row weights or empty, each used as
-    w·wscale (a power of two that keeps Σ w·l and Σ w in range); wden: the weighted
-    mean's denominator K·Σ w·wscale as (hi, lo); pwt: pos_weight tiled over a block;
+    w·wscale (a power of two that keeps Σ w·l and Σ w in range); wden_hi + wden_lo: the
+    weighted mean's denominator K·Σ w·wscale; pwt: pos_weight tiled over a block;
     prm: the N_PARAMS vector.
     """
     KIND, GRAD, STAMP = kind, grad, SOURCE_STAMP
@@ -97,7 +99,7 @@ def make_block(kind: int, grad: int):
     PLAIN = 1 if kind == E.CE_LOGITS_PLAIN else 0
 
     @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-    def block(s, y, w, pwt, k, prm, scale, wscale, wden, out, gout, table, b, i0, i1):
+    def block(s, y, w, pwt, k, prm, scale, wscale, wden_hi, wden_lo, out, gout, table, b, i0, i1):
         _ = STAMP  # in the closure, hence in the cache key
         la = prm[P_LA]
         lb = prm[P_LB]
@@ -227,31 +229,33 @@ def make_block(kind: int, grad: int):
                     wr = w[r] * wscale
                     for c in range(r * k - i0, r * k - i0 + k):
                         gv[c] = 0.0 if wr == 0.0 else gv[c] * wr
+        total, total_lo = M.two_sum(acc, acc_lo)  # the rounded sum, and what it leaves out
+        wtotal, wtotal_lo = M.two_sum(wsum, wsum_lo)
         table[b, S_COUNT] = m
-        table[b, S_SUM] = acc
-        table[b, S_SUM_LO] = acc_lo
+        table[b, S_SUM] = total
+        table[b, S_SUM_LO] = total_lo if abs(total) < np.inf else 0.0
         table[b, S_M2] = m2
         table[b, S_MIN] = lmin
         table[b, S_MAX] = lmax
-        table[b, S_WSUM] = wsum
-        table[b, S_WSUM_LO] = wsum_lo
+        table[b, S_WSUM] = wtotal
+        table[b, S_WSUM_LO] = wtotal_lo if abs(wtotal) < np.inf else 0.0
         table[b, S_BAD] = bad
         table[b, S_NAN] = nan
         table[b, S_MEAN] = mean
-        table[b, S_WMEAN] = M.dd_div(wsum, wsum_lo, wden[0], wden[1])
+        table[b, S_WMEAN] = M.dd_div(wsum, wsum_lo, wden_hi, wden_lo)
 
     return block
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def run_blocks(block, s, y, w, pwt, k, prm, scale, wscale, wden, out, gout, table):
+def run_blocks(block, s, y, w, pwt, k, prm, scale, wscale, wden_hi, wden_lo, out, gout, table):
     """Run ``block`` (a first-class function, so this one driver serves every kind and
     caches) over all blocks of ``pwt.size`` elements, in parallel."""
     n = s.size
     bsize = pwt.size
     for b in prange(table.shape[0]):
         bi = np.int64(b)
-        block(s, y, w, pwt, k, prm, scale, wscale, wden, out, gout, table, bi, bi * bsize,
+        block(s, y, w, pwt, k, prm, scale, wscale, wden_hi, wden_lo, out, gout, table, bi, bi * bsize,
               min(n, (bi + 1) * bsize))
 
 
@@ -378,10 +382,10 @@ def _build_merge_blocks():
     STAMP = SOURCE_STAMP
 
     @njit(cache=True, nogil=True, error_model="numpy")
-    def merge_blocks(table, wden):
+    def merge_blocks(table, wden_hi, wden_lo):
         """Combine per-block rows: double-double sums (the blocks' his by TwoSum, their los
         added), Chan's pairwise M2, min, max, bad and NaN counts; the means by dd_div, the
-        weighted one over ``wden`` = (hi, lo) of its denominator.
+        weighted one over wden_hi + wden_lo.
 
         Returns (count, sum, mean, M2, min, max, wsum, wmean, bad, nan).
         """
@@ -420,7 +424,7 @@ def _build_merge_blocks():
         sl = sl if np.isfinite(sh) else 0.0
         wl = wl if np.isfinite(wh) else 0.0
         return (count, sh + sl, M.dd_div(sh, sl, count, 0.0), m2, lmin, lmax, wh + wl,
-                M.dd_div(wh, wl, wden[0], wden[1]), bad, nan)
+                M.dd_div(wh, wl, wden_hi, wden_lo), bad, nan)
 
     return merge_blocks
 
@@ -470,7 +474,7 @@ def _array_types(dtype: np.dtype) -> tuple:
     ro = lambda t: types.Array(t, 1, "C", readonly=True)  # noqa: E731
     rw = types.Array(types.float64, 1, "C")
     return (ro(ft), ro(ft), ro(types.float64), ro(types.float64), types.int64,
-            ro(types.float64), types.float64, types.float64, ro(types.float64), rw, rw,
+            ro(types.float64), types.float64, types.float64, types.float64, types.float64, rw, rw,
             types.Array(types.float64, 2, "C"))
 
 

@@ -220,7 +220,7 @@ def warmup() -> int:
     _logreg_driver()
     _weight_prep()
     # the merges compile for the one signature each call site uses
-    D.merge_blocks(np.zeros((2, D.N_STATS)), _WDEN_NONE)
+    D.merge_blocks(np.zeros((2, D.N_STATS)), 1.0, 0.0)
     spart = np.zeros((2, 5))
     D.dd_total(spart[:, 0], spart[:, 1])
     return count + 2 * len(DTYPES) + 3
@@ -527,15 +527,11 @@ def _first_bad(plan: _Plan) -> str | None:
     return f"labels{where} = {_fmt(y[i])} is outside [0, 1]"
 
 
-def _single_block(table: np.ndarray) -> tuple:
+def _single_block(table: np.ndarray) -> list:
     """merge_blocks' (count, sum, mean, M2, min, max, wsum, wmean, bad, nan) for a
     one-row table, without a compiled call (every serial call without pos_weight is one
-    block, and a block finishes its own means)."""
-    (count, total, total_lo, m2, lmin, lmax, wsum, wsum_lo, bad, nan, mean,
-     wmean) = table[0].tolist()
-    total = total + total_lo if math.isfinite(total) else total
-    wsum = wsum + wsum_lo if math.isfinite(wsum) else wsum
-    return count, total, mean, m2, lmin, lmax, wsum, wmean, bad, nan
+    block, and a block finishes its own sums and means)."""
+    return table[0, :D.S_SUM_LO].tolist()
 
 
 class KernelError(ArithmeticError):
@@ -543,10 +539,11 @@ class KernelError(ArithmeticError):
 
 
 def _stats(merged, losses_for_quantiles: np.ndarray | None, quantiles) -> dict[str, float]:
-    count, total, mean, m2, lmin, lmax = merged[:6]
-    std = math.sqrt(m2 / count) if m2 < math.inf else math.inf
-    out = {"count": int(count), "sum": float(total), "mean": float(mean), "std": float(std),
-           "min": float(lmin), "max": float(lmax)}
+    # merged holds Python floats (from tolist or a compiled function's tuple)
+    m2 = merged[3]
+    out = {"count": int(merged[0]), "sum": merged[1], "mean": merged[2],
+           "std": math.sqrt(m2 / merged[0]) if m2 < math.inf else math.inf,
+           "min": merged[4], "max": merged[5]}
     if quantiles:
         with np.errstate(invalid="ignore"):
             vals = np.quantile(losses_for_quantiles, quantiles)
@@ -558,18 +555,12 @@ def _stats(merged, losses_for_quantiles: np.ndarray | None, quantiles) -> dict[s
     return out
 
 
-_WDEN_NONE = np.array([1.0, 0.0])
-_WDEN_NONE.setflags(write=False)
-
-
-def _weighted_mean_denominator(plan: _Plan) -> np.ndarray:
+def _weighted_mean_denominator(plan: _Plan) -> tuple[float, float]:
     """K·Σ w·wscale as a double-double (the weighted mean's denominator)."""
     if not plan.w.w.size or plan.reduction != "mean":
-        return _WDEN_NONE
+        return 1.0, 0.0
     hi, lo = M.two_prod(float(plan.k), plan.w.total)
-    den = np.array([hi, lo + plan.k * plan.w.total_lo])
-    den.setflags(write=False)
-    return den
+    return hi, lo + plan.k * plan.w.total_lo
 
 
 def _run(plan: _Plan, grad: bool):
@@ -577,9 +568,9 @@ def _run(plan: _Plan, grad: bool):
     out = _output_pool.empty(n) if (plan.reduction == "none" or plan.quantiles) else _NO_OUTPUT
     gout = _output_pool.empty(n) if grad else _NO_OUTPUT
     weighted = plan.w.w.size > 0
-    wden = _weighted_mean_denominator(plan)
+    wden_hi, wden_lo = _weighted_mean_denominator(plan) if weighted else (1.0, 0.0)
     if plan.reduction == "mean":
-        scale = 1.0 / (wden[0] if weighted else plan.k * plan.pred.shape[0])
+        scale = 1.0 / (wden_hi if weighted else n)
     else:
         scale = 1.0
     # _block's own lookup, inlined: a call frame is ~4% of a 10-element call
@@ -588,7 +579,7 @@ def _run(plan: _Plan, grad: bool):
         block = _block(plan.kind, grad, plan.pred.dtype)
     flat = plan.pred.ndim == 1
     args = (plan.pred if flat else plan.pred.reshape(-1), plan.lab if flat else plan.lab.reshape(-1),
-            plan.w.w, plan.pwt, plan.k, plan.prm, scale, plan.w.wscale, wden, out, gout)
+            plan.w.w, plan.pwt, plan.k, plan.prm, scale, plan.w.wscale, wden_hi, wden_lo, out, gout)
     nb = (n + plan.pwt.size - 1) // plan.pwt.size
     table = np.empty((nb, D.N_STATS))
     if n >= PARALLEL_MIN:
@@ -599,12 +590,11 @@ def _run(plan: _Plan, grad: bool):
     else:  # blocks must stay within pwt's length; a few compiled calls cost ~1 µs each
         for b in range(nb):
             block(*args, table, b, b * plan.pwt.size, min(n, (b + 1) * plan.pwt.size))
-    merged = D.merge_blocks(table, wden) if nb > 1 else _single_block(table)
-    if merged[8] > 0:
-        msg = _first_bad(plan)
+    merged = D.merge_blocks(table, wden_hi, wden_lo) if nb > 1 else _single_block(table)
+    if merged[8] or merged[9]:
+        msg = _first_bad(plan) if merged[8] else None
         if msg is not None:
             raise ValueError(msg)
-    if merged[8] > 0 or merged[9] > 0:
         raise KernelError(f"NaN {'gradient' if merged[9] and grad else 'loss'} from valid input "
                           f"(kind {plan.kind}, n = {n}): a lossd bug, no result is returned")
     stats = _stats(merged, out if plan.quantiles else None, plan.quantiles)
