@@ -34,6 +34,7 @@ SOURCE_STAMP = hashlib.sha256(b"".join(
     for f in ("_math.py", "_simd.py", "_elements.py", "_drivers.py")
 )).hexdigest()[:16]
 
+INF_BITS = 0x7FF0000000000000
 ABS_MASK = 0x7FFFFFFFFFFFFFFF
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}  # reassoc: vectorised reductions
 
@@ -120,6 +121,8 @@ def make_block(kind: int, grad: int):
         buf = out[i0:i1] if out.size > 0 else np.empty(m)
         bad = 0
         nan = 0
+        bmin = INF_BITS
+        bmax = 0
         if t_first:
             # t = e^-|s| in a loop of its own (into buf, which the next loop overwrites):
             # with exp and log1p in one loop body, the dependency chain per element is
@@ -140,6 +143,12 @@ def make_block(kind: int, grad: int):
                 yi = np.float64(yv[j])
                 l, g = E.ce_logits_plain(si, yi, buf[j])
                 buf[j] = l
+                # min/max on the bit patterns: every loss is >= 0 (abs maps -0.0 to 0),
+                # where the int64 order is the float order, and integer min/max
+                # reductions vectorise (float ones do not without `nnan`)
+                lbits = M.f64_bits(l) & ABS_MASK
+                bmin = lbits if lbits < bmin else bmin
+                bmax = lbits if lbits > bmax else bmax
                 if GRAD:  # (1-y)σ(s) - yσ(-s) of finite parts: NaN only from NaN input
                     gv[j] = g * scale
                 # a NaN in s or y makes l NaN, which the block's sum reveals below
@@ -165,6 +174,9 @@ def make_block(kind: int, grad: int):
                 else:
                     l, g = E.margin_loss(KIND, si, yi)
                 buf[j] = l
+                lbits = M.f64_bits(l) & ABS_MASK
+                bmin = lbits if lbits < bmin else bmin
+                bmax = lbits if lbits > bmax else bmax
                 if GRAD:
                     gv[j] = g * scale
                     nan += np.int64(g != g)
@@ -180,8 +192,9 @@ def make_block(kind: int, grad: int):
         # float32 and float64 inputs; over buf it is one and the same for both.
         # Compensated: the mean of equal losses is that loss, and no sum is less
         # accurate than NumPy's pairwise one.
-        acc, acc_lo, lmin, lmax = S.dd_sum_minmax(buf, m)
-        lmin = abs(lmin)  # -0.0 is a loss of 0
+        lmin = M.bits_f64(bmin)
+        lmax = M.bits_f64(bmax)  # NaN bits are above inf's: a NaN loss makes lmax NaN
+        acc, acc_lo = S.dd_sum_nonneg(buf, m, lmax)
         if acc != acc:  # losses are never NaN for valid input, nor -inf
             if PLAIN:  # a NaN in s or y always makes l NaN: the input check of this kind
                 bad += 1

@@ -431,3 +431,25 @@ def test_logreg_l2_extremes_without_warnings():
     unpenalised = kernels.logreg_grad(X, y, [1e200]).loss
     assert q.loss == pytest.approx(unpenalised + 0.5 * 1e-300 * 1e200 * 1e200, rel=1e-15)
     assert q.loss < INF
+
+
+@pytest.mark.parametrize("values", [
+    [1.7976931348623157e308, 1e292, 1.0],              # the split's sigma would overflow: TwoSum
+    [1e308, 1e308],                                      # the sum itself overflows
+    [5e-324] * 33 + [1e-310],                            # subnormal summands
+    [0.0] * 40,
+    [1.0, 2.0**-60, 2.0**-120] * 11,                    # far below an ulp of the sum
+    [3.0, math.inf, 1.0],
+])  # fmt: skip
+def test_compensated_sums_at_the_ends_of_the_range(values):
+    """The block sums by themselves: hi + lo is the exact sum rounded once (or inf)."""
+    from lossd.kernels import _simd as S
+
+    x = np.array(values, dtype=np.float64)
+    exact = _exact([v for v in values if math.isfinite(v)])
+    try:
+        want = float(exact) if np.isfinite(x).all() else math.inf
+    except OverflowError:  # beyond the float range: inf is the rounded value
+        want = math.inf
+    for hi, lo in (S.dd_sum_nonneg(x.copy(), x.size, float(x.max())), S.dd_sum(x.copy(), 1.0, 0, x.size)):
+        assert hi + lo == want, (values[:3], hi, lo, want)
