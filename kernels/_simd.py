@@ -2,16 +2,23 @@
 
 LLVM vectorises a plain reduction (with ``reassoc``) but not an error-free one: TwoSum
 carries each partial sum into the next step, and a scalar TwoSum loop costs ~1 ns per
-element where the whole loss costs ~2.5. These intrinsics emit the loops directly as
-``<8 x double>`` IR: two accumulator pairs (hi, lo) of TwoSums, 16 lanes, ~0.25 ns per
-element, and the lanes are folded by scalar TwoSums at the end. The IR carries no
-fast-math flags, and Numba applies a function's flags to every instruction in it, so
-they are only ever called from the strict wrappers in this module, which LLVM inlines
-into the kernels with the flags intact (as ``_math`` does for its error-free steps).
+element where the whole loss costs ~2.5. So the loops are emitted directly as
+``<8 x double>`` IR, in two forms:
 
-Accuracy: hi + lo is the exact sum to ~2^-100 relative for non-negative summands (and
-to ~2^-100 of Σ|x| in general), so ``fl(hi + lo)`` is the correctly rounded sum but for
-near-ties, whatever the order of the summands; the result is deterministic.
+- ``dd_sum``: TwoSum in two accumulator pairs (16 lanes), folded by scalar TwoSums at
+  the end (~0.25 ns per element) — any summands (weights, weighted losses, logreg).
+- ``dd_sum_nonneg``: for a block of losses whose maximum the kernel already has, Rump,
+  Ogita and Oishi's ExtractVector split (``q = (sigma + x) - sigma``, exact in any order,
+  and the small residuals) — five vector ops per 8 values where TwoSum takes seven.
+
+The IR carries no fast-math flags, and Numba applies a function's flags to every
+instruction in it, so the intrinsics are only ever called from the strict wrappers in
+this module, which LLVM inlines into the kernels with the flags intact (as ``_math``
+does for its error-free steps).
+
+Accuracy: hi + lo is the exact sum to ~2^-100 relative for non-negative summands (to
+~2^-100 of Σ|x| in general; ~2^-60 for the split), so ``fl(hi + lo)`` is the correctly
+rounded sum but for near-ties, whatever the order of the summands; deterministic.
 """
 
 from __future__ import annotations
@@ -68,16 +75,6 @@ def _two_sum(builder, a, b):
     return s, builder.fadd(builder.fsub(a, builder.fsub(s, bp)), builder.fsub(b, bp))
 
 
-def _min(builder, a, b):
-    """a < b ? a : b: one vminpd (llvm.minnum would add a NaN fix-up per vector; a NaN
-    here only ever accompanies a NaN sum, which is what reports it)."""
-    return builder.select(builder.fcmp_ordered("<", a, b), a, b)
-
-
-def _max(builder, a, b):
-    return builder.select(builder.fcmp_ordered(">", a, b), a, b)
-
-
 def _splat(builder, x):
     v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), x, ir.Constant(_I32, 0))
     return builder.shuffle_vector(v, ir.Constant(_VEC, ir.Undefined),
@@ -88,57 +85,37 @@ def _lane(builder, v, j: int):
     return builder.extract_element(v, ir.Constant(_I32, j))
 
 
-def _emit_sum(builder, base, count, scale, minmax: bool):
-    """(hi, lo[, min, max]) of base[0:count]·scale (scale None: no multiply)."""
+def _emit_sum(builder, base, count, scale):
+    """(hi, lo) of base[0:count]·scale by TwoSum lanes."""
     step = NACC * VL
-    vscale = None if scale is None else _splat(builder, scale)
+    vscale = _splat(builder, scale)
     zero = ir.Constant(_VEC, [0.0] * VL)
-    init = [zero] * (2 * NACC)
-    if minmax:
-        init += [ir.Constant(_VEC, [np.inf] * VL), ir.Constant(_VEC, [-np.inf] * VL)]
 
     def body(i, vals):
         out = list(vals)
         for a in range(NACC):
             ptr = builder.gep(base, [builder.add(i, ir.Constant(_I64, a * VL))])
-            x = builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=8)
-            if vscale is not None:
-                x = builder.fmul(x, vscale)
+            x = builder.fmul(builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=8), vscale)
             s, e = _two_sum(builder, vals[2 * a], x)
             out[2 * a] = s
             out[2 * a + 1] = builder.fadd(vals[2 * a + 1], e)
-            if minmax:
-                out[-2] = _min(builder, out[-2], x)
-                out[-1] = _max(builder, out[-1], x)
         return out
 
     vec_end = builder.mul(builder.sdiv(count, ir.Constant(_I64, step)), ir.Constant(_I64, step))
-    vals = _loop(builder, ir.Constant(_I64, 0), vec_end, step, init, body)
+    vals = _loop(builder, ir.Constant(_I64, 0), vec_end, step, [zero] * (2 * NACC), body)
     hi = ir.Constant(_DBL, 0.0)
     lo = ir.Constant(_DBL, 0.0)
     for a in range(NACC):
         for j in range(VL):
             hi, e = _two_sum(builder, hi, _lane(builder, vals[2 * a], j))
             lo = builder.fadd(lo, builder.fadd(e, _lane(builder, vals[2 * a + 1], j)))
-    tail = [hi, lo]
-    if minmax:
-        mn, mx = _lane(builder, vals[-2], 0), _lane(builder, vals[-1], 0)
-        for j in range(1, VL):
-            mn = _min(builder, mn, _lane(builder, vals[-2], j))
-            mx = _max(builder, mx, _lane(builder, vals[-1], j))
-        tail += [mn, mx]
 
     def tail_body(i, vals):
-        x = builder.load(builder.gep(base, [i]))
-        if scale is not None:
-            x = builder.fmul(x, scale)
+        x = builder.fmul(builder.load(builder.gep(base, [i])), scale)
         s, e = _two_sum(builder, vals[0], x)
-        out = [s, builder.fadd(vals[1], e)]
-        if minmax:
-            out += [_min(builder, vals[2], x), _max(builder, vals[3], x)]
-        return out
+        return [s, builder.fadd(vals[1], e)]
 
-    return _loop(builder, vec_end, count, 1, tail, tail_body)
+    return _loop(builder, vec_end, count, 1, [hi, lo], tail_body)
 
 
 @intrinsic
@@ -148,21 +125,7 @@ def _sum_lanes(typingctx, arr, scale, start, count):  # noqa: ARG001
 
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
-        vals = _emit_sum(builder, builder.gep(ary.data, [args[2]]), args[3], args[1], False)
-        return context.make_tuple(builder, signature.return_type, vals)
-
-    return sig, codegen
-
-
-@intrinsic
-def _sum_minmax_lanes(typingctx, arr, count):  # noqa: ARG001
-    """(hi, lo, min, max) of arr[0:count]; a NaN makes hi NaN (min and max are then
-    meaningless, and not looked at)."""
-    sig = types.UniTuple(types.float64, 4)(arr, types.intp)
-
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        vals = _emit_sum(builder, ary.data, args[1], None, True)
+        vals = _emit_sum(builder, builder.gep(ary.data, [args[2]]), args[3], args[1])
         return context.make_tuple(builder, signature.return_type, vals)
 
     return sig, codegen
@@ -226,14 +189,6 @@ def dd_sum(x, scale: float, start: int, count: int) -> tuple[float, float]:
     NaN); a NaN summand makes hi NaN."""
     hi, lo = _sum_lanes(x, scale, start, count)
     return hi, (lo if abs(hi) < np.inf else 0.0)
-
-
-@njit("UniTuple(float64, 4)(Array(float64, 1, 'C'), intp)", **_strict)
-def dd_sum_minmax(x, count: int) -> tuple[float, float, float, float]:
-    """(hi, lo, min, max) of x[0:count] in one pass: the sum as in ``dd_sum``; with a NaN
-    in x, hi is NaN and min and max are not to be used."""
-    hi, lo, mn, mx = _sum_minmax_lanes(x, count)
-    return hi, (lo if abs(hi) < np.inf else 0.0), mn, mx
 
 
 @njit("UniTuple(float64, 2)(Array(float64, 1, 'C'), intp, float64)", **_strict)
