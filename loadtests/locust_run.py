@@ -38,6 +38,13 @@ class Load:
     extra: Sequence[str] = ()           # more locust options (payload sizes, ...)
     spawn_rate: float | None = None     # default: every user within a second
 
+    @property
+    def ramp_s(self) -> float:
+        """Time added to locust's --run-time for starting the users (and building their
+        payloads): statistics are reset once all are started, so the measured window is
+        about run_time_s."""
+        return 2.0 + self.users / (self.spawn_rate or max(1, self.users))
+
     def config_users(self) -> str | None:
         cfg = []
         for key in self.classes:
@@ -57,7 +64,7 @@ def locust_command(load: Load, host: str, prefix: Path) -> list[str]:
     cmd = [sys.executable, "-m", "locust", *(USER_CLASS[k] for k in load.classes),
            "-f", str(LOCUSTFILE), "--headless", "-H", host,
            "-u", str(load.users), "-r", f"{load.spawn_rate or max(1, load.users):g}",
-           "-t", f"{load.run_time_s:g}s", "--stop-timeout", "10",
+           "-t", f"{load.run_time_s + load.ramp_s:.0f}s", "--stop-timeout", "10",
            "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary", "--reset-stats",
            "--exit-code-on-error", "1", "--logfile", f"{prefix}.log"]
     if load.processes > 1:
@@ -103,7 +110,7 @@ def run(load: Load, host: str, out: Path, name: str, server_pid: int | None = No
     for t in timers:
         t.start()
     try:
-        code = proc.wait(timeout=load.run_time_s + 120)  # spawn, payloads and stop-timeout
+        code = proc.wait(timeout=load.run_time_s + load.ramp_s + 120)  # startup, stop-timeout
     except subprocess.TimeoutExpired:
         proc.kill()
         code = proc.wait()

@@ -156,9 +156,11 @@ def _decode_json(status: int, headers: Mapping[str, str], content: bytes) -> Any
 
 
 def _decode_oip(status: int, headers: Mapping[str, str], content: bytes) -> dict[str, np.ndarray]:
-    from lossd_client._codec import decode_response  # the project's own OIP framing
+    from lossd_client._codec import HEADER_LENGTH, decode_response  # the project's OIP framing
 
-    return dict(decode_response(status, headers, content))
+    # header names are case-insensitive; the decoder looks one up by its canonical name
+    length = next((v for k, v in headers.items() if k.lower() == HEADER_LENGTH.lower()), None)
+    return dict(decode_response(status, {HEADER_LENGTH: length} if length else {}, content))
 
 
 def _loss_expected(r: Any) -> dict[str, Any]:
