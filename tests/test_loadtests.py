@@ -213,5 +213,6 @@ def test_goals_compare_the_mix_with_each_large_class_alone(tmp_path: Path) -> No
     assert data["alone"]["oip_binary"]["users"] == {"oip_binary": 2}
     met = data["small_p99_ms"] <= 5 and data["ratios"]["oip_binary"] >= 0.8
     assert data["all_met"] == met and proc.returncode == (0 if met else 3), proc.stderr[-2000:]
+    assert data["alone"]["small_loss"]["users"] == {"small_loss": 4} and data["small_alone_p99_ms"] > 0
     assert (tmp_path / "goals.md").read_text().count("PASS") + \
         (tmp_path / "goals.md").read_text().count("FAIL") == 3
