@@ -211,8 +211,11 @@ def test_goals_compare_the_mix_with_each_large_class_alone(tmp_path: Path) -> No
     assert data["failures"] == 0 and set(data["ratios"]) == {"oip_binary"}
     assert data["mix"]["users"] == {"small_loss": 4, "oip_binary": 2}
     assert data["alone"]["oip_binary"]["users"] == {"oip_binary": 2}
-    met = data["small_p99_ms"] <= 5 and data["ratios"]["oip_binary"] >= 0.8
+    # the plain probe ran beside the mix and beside the small class alone, and judges the goal
+    assert set(data["probes"]) == {"mix", "small alone"}
+    assert all(pr["requests"] > 0 and pr["failures"] == 0 for pr in data["probes"].values())
+    met = data["probes"]["mix"]["p99"] <= 5 and data["ratios"]["oip_binary"] >= 0.8
     assert data["all_met"] == met and proc.returncode == (0 if met else 3), proc.stderr[-2000:]
     assert data["alone"]["small_loss"]["users"] == {"small_loss": 4} and data["small_alone_p99_ms"] > 0
-    assert (tmp_path / "goals.md").read_text().count("PASS") + \
-        (tmp_path / "goals.md").read_text().count("FAIL") == 3
+    md = (tmp_path / "goals.md").read_text()
+    assert md.count("| PASS |") + md.count("| FAIL |") == 4 and "### The plain probe" in md
