@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--sweep-workers", default="1,2", help="sweep: lossd worker counts")
     ap.add_argument("--point-time", type=float, default=12.0, help="sweep: seconds per point")
     ap.add_argument("--out", type=Path, help="results folder (default loadtests/results/<time>-<mode>)")
-    ap.add_argument("locust_args", nargs="*", help="after --: more locust options (e.g. --large-n 20000)")
+    ap.epilog = "After --, more locust options for the locustfile (e.g. -- --large-n 20000 --oip-n 100000)."
     return ap
 
 
@@ -113,8 +113,17 @@ def _load(args: argparse.Namespace, run_time: float) -> Load:
                 extra=tuple(args.locust_args), spawn_rate=args.spawn_rate)
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Our options, then (after ``--``) locust's, passed through untouched."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser().parse_args(argv[:cut])
+    args.locust_args = argv[cut + 1:]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(argv)
     out = args.out or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.mode}"
     out.mkdir(parents=True, exist_ok=True)
     server = None
