@@ -34,10 +34,11 @@ def probe(url: str, threads: int, pace_ms: float, seconds: float, token: str | N
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
+    # built before the clock starts: the first build imports the kernels (seconds)
+    bodies = [payloads.build(payloads.SMALL, payloads.Sizes(), 10_000 + i, token) for i in range(threads)]
     end = time.monotonic() + seconds
 
-    def user(seed: int) -> None:
-        p = payloads.build(payloads.SMALL, payloads.Sizes(), seed, token)
+    def user(p: payloads.Payload) -> None:
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
         time.sleep(random.uniform(0, pace_ms / 1e3))
         while time.monotonic() < end:
@@ -57,7 +58,7 @@ def probe(url: str, threads: int, pace_ms: float, seconds: float, token: str | N
             time.sleep(max(0.0, pace_ms / 1e3 - dt))
         conn.close()
 
-    workers = [threading.Thread(target=user, args=(10_000 + i,)) for i in range(threads)]
+    workers = [threading.Thread(target=user, args=(p,)) for p in bodies]
     for w in workers:
         w.start()
     for w in workers:

@@ -133,6 +133,9 @@ class LargeLane:
 
     def _roundtrip(self, fn: Callable[..., Any], body: bytes | memoryview, args: tuple) -> tuple[str, Any]:
         with self._lock:
+            # the lane never writes unasked: a readable socket now means it closed (died idle)
+            if not self.broken and self._conn.poll(0):
+                self._gone(EOFError("the lane closed its end"))
             if self.broken:
                 raise LaneGone("the large lane is gone")
             try:

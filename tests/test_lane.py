@@ -81,7 +81,7 @@ def test_without_its_lane_the_worker_computes_large_bodies_itself(lane_server):
         time.sleep(0.05)
     for _ in range(3):
         r = httpx.post(lane_server.url + "/loss", content=raw, headers=JSON, timeout=60)
-        assert r.status_code == 200, r.text
+        assert r.status_code == 200, r.text + lane_server.stderr()[-3000:]
         assert_same(strict_json(r.text)["loss"], kernels.loss(s, y).loss, "loss")
     # logged (uvicorn's default handler writes to stderr), and the server carries on
     lane_server.wait_for_output("the large lane is gone", timeout=5, stream="stderr")
