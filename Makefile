@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 HASH := $(shell cat pyproject.toml client/pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 STAMP_RUN := $(VENV)/.installed-run-$(HASH)
 STAMP_DEV := $(VENV)/.installed-dev-$(HASH)
+STAMP_LOAD := $(VENV)/.installed-load-$(HASH)
 
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install install-dev run test bench bench-kernels bench-service bench-targets bench-scaling bench-image image run-image clean
+.PHONY: install install-dev run test bench bench-kernels bench-service bench-targets bench-scaling bench-image image run-image loadtest clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,8 +21,13 @@ $(STAMP_RUN): pyproject.toml | $(BIN)/python
 	touch $(STAMP_RUN)
 
 $(STAMP_DEV): pyproject.toml client/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,bench]' -e ./client
-	touch $(STAMP_DEV) $(STAMP_RUN)
+	$(BIN)/pip install -q -e '.[test,bench,load]' -e ./client
+	touch $(STAMP_DEV) $(STAMP_RUN) $(STAMP_LOAD)
+
+# locust and what the load tests use (the client's OIP framing among them)
+$(STAMP_LOAD): pyproject.toml client/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[load]' -e ./client
+	touch $(STAMP_LOAD) $(STAMP_RUN)
 
 install: $(STAMP_RUN)
 install-dev: $(STAMP_DEV)
@@ -33,7 +39,17 @@ run: $(STAMP_RUN)
 test: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q
 
-bench: bench-kernels bench-service
+# Every benchmark, then BENCHMARKS.md and its plots (docs/bench/) from their results.
+# bench/scaling.py (1 vs 2 workers) runs when it exists.
+bench: $(STAMP_DEV)
+	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/service.py
+	$(BIN)/python bench/oip.py
+	if [ -f bench/scaling.py ]; then $(BIN)/python bench/scaling.py; fi
+	$(BIN)/python -m loadtests sweep --out bench/out/capacity
+	@# a missed goal is a result for the report, not a reason to stop (failed requests are too)
+	-$(BIN)/python -m loadtests goals --out bench/out/goals
+	$(BIN)/python bench/report.py
 
 bench-kernels: $(STAMP_DEV)
 	$(BIN)/python bench/kernels.py
@@ -73,6 +89,11 @@ run-image:
 	docker run --rm $(if $(shell test -t 0 && echo y),-it) --read-only --tmpfs /tmp \
 	  -p 127.0.0.1:$(PORT):$(PORT) \
 	  $(foreach v,$(filter-out LOSSD_HOST,$(filter LOSSD_%,$(.VARIABLES))),-e $(v)) $(IMAGE)
+
+# A load test against a lossd it starts (2 workers, the mixed profile, 50 users, 60 s);
+# e.g. make loadtest LOADTEST_ARGS="--users 20 --run-time 30 --budgets small_loss:p99=5"
+loadtest: $(STAMP_LOAD)
+	$(BIN)/python -m loadtests $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache build deploy/wheelhouse/*.whl

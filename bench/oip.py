@@ -236,17 +236,29 @@ class Reply:
     headers: dict[str, str]
 
 
+# uvicorn closes a keep-alive connection idle for 5 s (its timeout_keep_alive): while the
+# other implementations take their turns at 10^7 (seconds per JSON request) a server's
+# connection can sit idle that long, and the next 160 MB body then hits a closed socket
+# (BrokenPipeError). A connection idle longer than this is replaced before it is used.
+IDLE_REOPEN_S = 4.0
+
+
 class KeepAlive:
-    """One persistent ``http.client`` connection per server (reconnects if one drops)."""
+    """One persistent ``http.client`` connection per server (reconnects if one drops, or
+    before one that sat idle long enough for the server to close it is used)."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._conns: dict[tuple[str, int], http.client.HTTPConnection] = {}
+        self._last_used: dict[tuple[str, int], float] = {}
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Reply:
         u = urllib.parse.urlsplit(url)
         key = (u.hostname, u.port)
         conn = self._conns.get(key)
+        if conn is not None and time.monotonic() - self._last_used[key] > IDLE_REOPEN_S:
+            conn.close()
+            conn = None
         if conn is None:
             conn = self._conns[key] = http.client.HTTPConnection(u.hostname, u.port, timeout=self.timeout)
         try:
@@ -257,6 +269,8 @@ class KeepAlive:
             conn.close()
             del self._conns[key]
             raise
+        finally:
+            self._last_used[key] = time.monotonic()
         return Reply(r.status, content, {k.lower(): v for k, v in r.getheaders()})
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from .middleware import FrontDoor
 from .bodies import BufferPool
 from .codec_oip import OipError
 from .drain import DRAINING, CloseWhenDraining
+from .lane import LargeLane
 from .routes_json import OPENAPI_MODELS, add_json_routes
 from .routes_oip import OPENAPI_MODELS as OIP_MODELS, add_oip_routes
 from .runner import KernelRunner, Readiness
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. ``settings`` default to the ``LOSSD_*`` environment."""
     settings = settings if settings is not None else Settings.from_env()
     metrics = Metrics()
-    runner = KernelRunner(settings.max_concurrency, settings.max_queue)
+    runner = KernelRunner(settings.max_concurrency, settings.max_queue, settings.lane_bytes)
     readiness = Readiness()
 
     @asynccontextmanager
@@ -54,7 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         settings.threads, numba.config.NUMBA_NUM_THREADS, threads)
         kernels.set_threads(threads)
         kernels.set_output_pool(settings.output_pool_bytes)
-        readiness.start(settings.warmup)
+        if settings.lane_bytes > 0:
+            runner.lane = LargeLane(threads, settings.output_pool_bytes)
+        readiness.start(settings.warmup, runner.lane)
         yield
         runner.shutdown()
 

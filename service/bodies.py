@@ -79,12 +79,16 @@ async def read_body(request: Request, pool: BufferPool) -> tuple[bytes | memoryv
 
 
 async def run_on_body(request: Request, pool: BufferPool, runner: KernelRunner, inline_bytes: int,
-                      fn: Callable[..., T], *args: Any) -> T:
+                      fn: Callable[..., T], *args: Any, lane: bool = False) -> T:
     """``fn(body, *args)``: on the event loop for small bodies (the work takes less than
-    a thread hop), in the kernel pool for large ones."""
+    a thread hop), in the kernel pool for large ones, and in the large lane (a process)
+    for bodies from its size on when ``lane`` says that their decoding holds the GIL."""
     body, release = await read_body(request, pool)
     try:
-        result = fn(body, *args) if len(body) <= inline_bytes else await runner.run(fn, body, *args)
+        if len(body) <= inline_bytes:
+            result = fn(body, *args)
+        else:
+            result = await runner.run(fn, body, *args, lane=lane and runner.wants_lane(len(body)))
     except asyncio.CancelledError:
         raise  # the worker thread may still read the buffer: leave it to the garbage collector
     except BaseException:

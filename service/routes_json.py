@@ -57,7 +57,7 @@ def add_json_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, pool: 
 
     async def answer(request: Request, fn: Compute, route: str) -> Response:
         check_json_type(request)
-        content, n = await run_on_body(request, pool, runner, inline_bytes, _run_json, fn)
+        content, n = await run_on_body(request, pool, runner, inline_bytes, _run_json, fn, lane=True)
         metrics.elements.labels(route).inc(n)
         return Response(content, media_type="application/json")
 

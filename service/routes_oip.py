@@ -256,8 +256,9 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
     async def run_infer(request: Request) -> Response:
         model = _model(request.path_params["model_name"])
         header_length = request.headers.get(HEADER_LENGTH)
+        # binary tensors cost nothing to decode: only all-JSON bodies go to the large lane
         content, headers, n = await run_on_body(request, pool, runner, inline_bytes, _decode_and_infer,
-                                                model, header_length)
+                                                model, header_length, lane=header_length is None)
         metrics.elements.labels(request.scope["route"].path).inc(n)
         return Response(content, headers=headers)
 

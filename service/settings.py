@@ -68,6 +68,10 @@ class Settings(BaseModel):
     output_pool_bytes: int = Field(
         256 * 1024 * 1024, ge=0,
         description="Bytes of large result arrays kept for reuse (skips zeroing fresh pages); 0: off.")
+    lane_bytes: int = Field(
+        1024 * 1024, ge=0,
+        description="JSON bodies from this size are decoded and computed in a process of their own "
+                    "(the large lane), so small requests never wait for their GIL; 0: no lane.")
     warmup: bool = Field(True, description="Compile every kernel signature at start; /readyz waits for it.")
     access_log: bool = True
     graceful_timeout: float = Field(

@@ -59,3 +59,27 @@ def test_bench_oip_quick_runs_and_reports(tmp_path: Path) -> None:
         with socket.socket() as sock:
             sock.settimeout(2.0)
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"{info['cmd']} still listens"
+
+
+def test_bench_report_turns_results_into_a_benchmarks_page(tmp_path: Path) -> None:
+    """bench/report.py on the results of a quick OIP run: that section keeps the run's
+    own report and gets the latency plot; the benchmarks that did not run are named."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSD_")}
+    env.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "oip.py"), "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env=env, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    md, plots = tmp_path / "BENCHMARKS.md", tmp_path / "plots"
+    rep = subprocess.run([sys.executable, str(REPO / "bench" / "report.py"), "--out-dir", str(out),
+                          "--md", str(md), "--plots", str(plots)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env=env, check=False)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    text = md.read_text()
+    oip = text.split("## Open Inference Protocol", 1)[1].split("\n## ", 1)[0]
+    assert "Command: `python bench/oip.py`" in oip and "![" in oip and "(plots/latency.png)" in oip
+    assert md_rows(oip, "OIP binary") and "### " in oip  # the run's tables, one level down
+    assert (plots / "latency.png").stat().st_size > 10_000
+    for missing in ("kernels.md", "service.md", "scaling.md", "capacity/sweep.md", "goals/goals.md"):
+        assert f"_Not in this run: `{missing}` was not found" in text
+    assert "| CPU |" in text and "| commit |" in text
