@@ -19,7 +19,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import payloads
 from .locust_run import Load, run
 from .procs import LossdServer
 from .results import md_table
