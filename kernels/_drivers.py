@@ -143,12 +143,6 @@ def make_block(kind: int, grad: int):
                 yi = np.float64(yv[j])
                 l, g = E.ce_logits_plain(si, yi, buf[j])
                 buf[j] = l
-                # min/max on the bit patterns: every loss is >= 0 (abs maps -0.0 to 0),
-                # where the int64 order is the float order, and integer min/max
-                # reductions vectorise (float ones do not without `nnan`)
-                lbits = M.f64_bits(l) & ABS_MASK
-                bmin = lbits if lbits < bmin else bmin
-                bmax = lbits if lbits > bmax else bmax
                 if GRAD:  # (1-y)σ(s) - yσ(-s) of finite parts: NaN only from NaN input
                     gv[j] = g * scale
                 # a NaN in s or y makes l NaN, which the block's sum reveals below
@@ -174,9 +168,6 @@ def make_block(kind: int, grad: int):
                 else:
                     l, g = E.margin_loss(KIND, si, yi)
                 buf[j] = l
-                lbits = M.f64_bits(l) & ABS_MASK
-                bmin = lbits if lbits < bmin else bmin
-                bmax = lbits if lbits > bmax else bmax
                 if GRAD:
                     gv[j] = g * scale
                     nan += np.int64(g != g)
@@ -192,6 +183,14 @@ def make_block(kind: int, grad: int):
         # float32 and float64 inputs; over buf it is one and the same for both.
         # Compensated: the mean of equal losses is that loss, and no sum is less
         # accurate than NumPy's pairwise one.
+        # min/max on the bit patterns: every loss is >= 0 (abs maps -0.0 to 0), where
+        # the int64 order is the float order, and integer min/max reductions
+        # vectorise (float ones do not without `nnan`); a pass of its own over the
+        # block in cache costs less than keeping them in the element loops
+        for j in range(m):
+            lbits = M.f64_bits(buf[j]) & ABS_MASK
+            bmin = lbits if lbits < bmin else bmin
+            bmax = lbits if lbits > bmax else bmax
         lmin = M.bits_f64(bmin)
         lmax = M.bits_f64(bmax)  # NaN bits are above inf's: a NaN loss makes lmax NaN
         acc, acc_lo = S.dd_sum_nonneg(buf, m, lmax)
