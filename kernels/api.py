@@ -6,7 +6,7 @@ import functools
 import math
 import threading
 from decimal import Decimal
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numba
@@ -204,26 +204,39 @@ def _weight_prep():
     return _compile_once(("weights",), lambda: D.weight_prep, lambda: [_WEIGHT_PREP_SIG])
 
 
-def warmup() -> int:
-    """Compile (or load from the on-disk cache) every block function and driver the
-    public functions can dispatch to, and the helpers they call; returns how many
-    signatures are ready."""
-    count = 0
-    for dt in DTYPES:
-        for kind in range(E.N_KINDS):
-            for g in (False, True):
-                _block_pointer(kind, g, dt)
-                count += 1
-        _logreg_pointer(dt)
-        count += 1
-    _driver()
-    _logreg_driver()
-    _weight_prep()
+def _merges() -> None:
     # the merges compile for the one signature each call site uses
     D.merge_blocks(np.zeros((2, D.N_STATS)), 1.0, 0.0)
     spart = np.zeros((2, 5))
     D.dd_total(spart[:, 0], spart[:, 1])
-    return count + 2 * len(DTYPES) + 3
+
+
+def _warmup_steps() -> list[tuple[Callable[[], object], int]]:
+    """Every compilation warmup() does, in order, with how many signatures each makes."""
+    steps: list[tuple[Callable[[], object], int]] = []
+    for dt in DTYPES:
+        for kind in range(E.N_KINDS):
+            for g in (False, True):
+                steps.append((functools.partial(_block_pointer, kind, g, dt), 1))
+        steps.append((functools.partial(_logreg_pointer, dt), 1))
+    steps += [(_driver, len(DTYPES)), (_logreg_driver, len(DTYPES)), (_weight_prep, 1), (_merges, 2)]
+    return steps
+
+
+def warmup(progress: Callable[[int, int], None] | None = None) -> int:
+    """Compile (or load from the on-disk cache) every block function and driver the
+    public functions can dispatch to, and the helpers they call; returns how many
+    signatures are ready. ``progress(done, total)`` is called after each step, from this
+    thread (a first compile takes minutes, a load from the cache about a second)."""
+    steps = _warmup_steps()
+    total = sum(n for _, n in steps)
+    done = 0
+    for step, n in steps:
+        step()
+        done += n
+        if progress is not None:
+            progress(done, total)
+    return total
 
 
 # ---------------------------------------------------------------------- argument checks

@@ -100,7 +100,8 @@ def _add_operations(app: FastAPI, metrics: Metrics, readiness: Readiness) -> Non
             return JSONResponse({"status": "ready", "signatures": readiness.signatures})
         if readiness.error:
             return JSONResponse({"status": "failed", "detail": readiness.error}, status_code=503)
-        return JSONResponse({"status": "warming up"}, status_code=503)
+        return JSONResponse({"status": "warming up", "signatures": readiness.signatures,
+                             "total": readiness.total}, status_code=503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
              response_class=Response)

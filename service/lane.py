@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import signal
 import socket
 import threading
 import traceback
@@ -57,6 +58,9 @@ def _serve(conn: Connection, threads: int, output_pool_bytes: int) -> None:
     """The lane's loop: (fn, args) then the body, answered with (kind, value)."""
     from lossd import kernels
 
+    # Ctrl-C in a terminal reaches the whole process group: the worker shuts the lane
+    # down (its end of the pipe closes), the lane itself has nothing to say about it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     kernels.set_threads(threads)
     kernels.set_output_pool(output_pool_bytes)
     while True:

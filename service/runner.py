@@ -11,7 +11,9 @@ instead of piling up without bound.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -22,6 +24,7 @@ from .errors import ApiError
 from .lane import LaneGone, LargeLane
 
 T = TypeVar("T")
+log = logging.getLogger("lossd")
 
 
 class KernelRunner:
@@ -61,12 +64,15 @@ class KernelRunner:
 
 class Readiness:
     """Compiles (or loads from the cache) every kernel signature in a background thread;
-    ``/readyz`` answers 200 only once that is done."""
+    ``/readyz`` answers 200 only once that is done. A compile that takes long is shown
+    in the log (signatures done of total, time left) every ``report_every`` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, report_every: float = 10.0) -> None:
         self.ready = threading.Event()
         self.signatures = 0
+        self.total = 0
         self.error: str | None = None
+        self.report_every = report_every
 
     def start(self, warmup: bool, lane: LargeLane | None = None) -> None:
         """Without warmup, the lane too starts on first use."""
@@ -76,11 +82,58 @@ class Readiness:
         threading.Thread(target=self._warm, args=(lane,), name="lossd-warmup", daemon=True).start()
 
     def _warm(self, lane: LargeLane | None) -> None:
+        progress = WarmupProgress(self.report_every)
         try:
-            self.signatures = kernels.warmup()
+            self.signatures = kernels.warmup(progress=self._progress(progress))
             if lane is not None:  # after ours: it then loads the signatures from the cache
                 lane.warm()
         except Exception as exc:  # reported by /readyz; the process stays up for /healthz
             self.error = f"{type(exc).__name__}: {exc}"
+            log.error("warm-up failed: %s; /readyz answers 503", self.error)
             return
+        progress.finish(self.signatures)
         self.ready.set()
+
+    def _progress(self, progress: WarmupProgress) -> Callable[[int, int], None]:
+        def update(done: int, total: int) -> None:
+            self.signatures, self.total = done, total
+            progress.update(done, total)
+        return update
+
+
+class WarmupProgress:
+    """Log lines for a warm-up that takes a while: nothing when every signature loads from
+    the cache within ``report_every`` seconds, else one line at each interval with the
+    signatures done of total and the time left at the pace so far; one line at the end."""
+
+    def __init__(self, report_every: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.report_every = report_every
+        self.clock = clock
+        self.start = clock()
+        self.last = self.start
+        self.reported = False
+
+    def update(self, done: int, total: int) -> None:
+        now = self.clock()
+        if done >= total or now - self.last < self.report_every:
+            return
+        self.last = now
+        if not self.reported:
+            log.info("warm-up: compiling %d kernel signatures into the Numba cache (a first start only; "
+                     "later starts load them in about a second); /readyz answers 503 until then", total)
+            self.reported = True
+        left = (now - self.start) / done * (total - done) if done else float("nan")
+        log.info("warm-up: %d of %d kernel signatures ready, about %s left", done, total, _duration(left))
+
+    def finish(self, total: int) -> None:
+        log.info("warm-up done: %d kernel signatures in %s; /readyz answers 200",
+                 total, _duration(self.clock() - self.start))
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:
+        return "an unknown time"
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f}s"
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -154,3 +154,19 @@ def test_while_draining_readyz_is_503_and_every_answer_closes_its_connection():
             assert c.get("/healthz").status_code == 200  # alive: the liveness probe must not kill it
         finally:
             DRAINING.clear()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_cleanly_with_a_warmup_line_and_no_traceback(workers):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group: workers and their
+    large lanes too. The server exits 0 and nothing prints a traceback; the log shows
+    when the warm-up was done."""
+    with lossd_serve("--workers", str(workers)) as srv:
+        line = srv.wait_for_output("warm-up done:", timeout=30, stream="stderr")
+        assert re.search(r"warm-up done: \d+ kernel signatures in [\d.ms]+; /readyz answers 200", line), line
+        assert httpx.post(srv.url + "/loss", json=SMALL, timeout=10).status_code == 200
+        srv._signal_group(signal.SIGINT)
+        code = srv.proc.wait(30)
+        log = srv.stderr() + srv.stdout()
+    assert code == 0, f"exit code {code}\n{log[-3000:]}"
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]

@@ -769,7 +769,8 @@ def test_readyz_is_503_until_warmup_has_compiled_everything(monkeypatch):
     release = threading.Event()
     started = threading.Event()
 
-    def slow_warmup():
+    def slow_warmup(progress=None):
+        progress(3, 42)
         started.set()
         release.wait(10.0)
         return 42
@@ -779,7 +780,7 @@ def test_readyz_is_503_until_warmup_has_compiled_everything(monkeypatch):
         with _client(Settings(warmup=True)) as c:
             assert started.wait(5.0)
             r = c.get("/readyz")
-            assert r.status_code == 503 and r.json() == {"status": "warming up"}
+            assert r.status_code == 503 and r.json() == {"status": "warming up", "signatures": 3, "total": 42}
             assert c.get("/healthz").json() == {"status": "ok"}
             # a request does not wait for the warm-up (this session's kernels are compiled)
             pred, lab = rng_data(5)
@@ -794,7 +795,7 @@ def test_readyz_is_503_until_warmup_has_compiled_everything(monkeypatch):
 
 
 def test_readyz_reports_a_failed_warmup(monkeypatch):
-    def broken():
+    def broken(progress=None):
         raise RuntimeError("no compiler today")
 
     monkeypatch.setattr(kernels, "warmup", broken)
