@@ -9,6 +9,7 @@ Each is a setting (``Settings``: ``LOSSD_MAX_JSON_DEPTH``, ``LOSSD_MAX_ELEMENTS`
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,9 @@ class BodyLimits:
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
 # "[" | 0x20 == "{" and "]" | 0x20 == "}" (and no other byte maps there): one OR, one compare
 _OPEN, _CLOSE = ord("{"), ord("}")
-_CHUNK = 4 * 1024 * 1024  # bytes per pass: the scan's temporaries stay ~10x this at most
+_CHUNK = 256 * 1024  # bytes per pass of the full scan: its temporaries stay small and warm
+_BLOCK = 256 * 1024  # bytes per pass of the bracket count
+_local = threading.local()
 
 
 class JsonTooDeep(ValueError):
@@ -42,18 +45,21 @@ class JsonTooDeep(ValueError):
 def check_json_depth(body: bytes | memoryview, limit: int | None) -> None:
     """``JsonTooDeep`` if the JSON text ``body`` nests more than ``limit`` arrays and
     objects (``{"a": [[1]]}`` is 3 deep), before any parser or recursive walk sees it
-    (orjson and simdjson stop at 1024, but a walk of such a document in Python would
-    exceed the interpreter's recursion limit).
+    (orjson and simdjson stop at 1024, but the duplicate-key walk of a document 1000
+    objects deep exceeded the interpreter's recursion limit: a 500, before this check).
 
     Exact for valid JSON (brackets inside strings do not count); invalid JSON may be
     judged either way, and its parser refuses it next. A body with no more opening
     brackets than the limit costs one vectorised pass; others a few, in chunks, so that
-    an adversarial body (64 MiB of brackets or backslashes) needs bounded memory.
+    an adversarial body (64 MiB of brackets or backslashes) needs little memory.
     """
     if limit is None:
         return
+    if isinstance(body, bytes) and len(body) <= 8192:  # NumPy's call overhead is more here
+        if body.count(b"[") + body.count(b"{") <= limit:
+            return
     a = np.frombuffer(body, dtype=np.uint8)
-    if int(np.count_nonzero((a | 0x20) == _OPEN)) <= limit:  # cannot be deeper
+    if _opening_brackets(a, limit) <= limit:  # cannot be deeper
         return
     depth = 0
     in_string = False
@@ -76,6 +82,24 @@ def check_json_depth(body: bytes | memoryview, limit: int | None) -> None:
                     raise JsonTooDeep(limit)
                 depth = int(levels[-1])
         in_string = bool((in_string + quotes.size) % 2)
+
+
+def _opening_brackets(a: np.ndarray, limit: int) -> int:
+    """How many "[" and "{" ``a`` holds (counting stops past ``limit``), in blocks through a
+    per-thread scratch buffer: whole-body temporaries cost more in page faults than the
+    count itself (2 ms instead of 0.2 ms at 2.5 MB)."""
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None:
+        scratch = _local.scratch = np.empty(_BLOCK, np.uint8)
+    total = 0
+    for start in range(0, a.size, _BLOCK):
+        block = a[start:start + _BLOCK]
+        s = scratch[:block.size]
+        np.bitwise_or(block, 0x20, out=s)
+        total += int(np.count_nonzero(np.equal(s, _OPEN, out=s.view(np.bool_))))
+        if total > limit:
+            break
+    return total
 
 
 def _escaped(chunk: np.ndarray, quotes: np.ndarray, carried: int) -> np.ndarray:
