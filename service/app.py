@@ -25,6 +25,7 @@ from .bodies import BufferPool
 from .codec_oip import OipError
 from .drain import DRAINING, CloseWhenDraining
 from .lane import LargeLane
+from .limits import BodyDeadline, BodyLimits
 from .routes_json import OPENAPI_MODELS, add_json_routes
 from .routes_oip import OPENAPI_MODELS as OIP_MODELS, add_oip_routes
 from .runner import KernelRunner, Readiness
@@ -44,7 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. ``settings`` default to the ``LOSSD_*`` environment."""
     settings = settings if settings is not None else Settings.from_env()
     metrics = Metrics()
-    runner = KernelRunner(settings.max_concurrency, settings.max_queue, settings.lane_bytes)
+    runner = KernelRunner(settings.max_concurrency, settings.max_queue, settings.lane_bytes,
+                          timeout=settings.compute_timeout)
     readiness = Readiness()
 
     @asynccontextmanager
@@ -56,7 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         kernels.set_threads(threads)
         kernels.set_output_pool(settings.output_pool_bytes)
         if settings.lane_bytes > 0:
-            runner.lane = LargeLane(threads, settings.output_pool_bytes)
+            runner.lane_factory = lambda: LargeLane(threads, settings.output_pool_bytes)
+            runner.lane = runner.lane_factory()
         readiness.start(settings.warmup, runner.lane)
         yield
         runner.shutdown()
@@ -68,12 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = readiness
 
     pool = BufferPool(keep=settings.max_concurrency)
-    add_json_routes(app, runner, metrics, pool, settings.inline_bytes)
-    add_oip_routes(app, runner, metrics, readiness, pool, settings.inline_bytes)
+    limits = BodyLimits(max_json_depth=settings.max_json_depth, max_elements=settings.max_elements)
+    add_json_routes(app, runner, metrics, pool, settings.inline_bytes, limits)
+    add_oip_routes(app, runner, metrics, readiness, pool, settings.inline_bytes, limits)
     _add_operations(app, metrics, readiness)
     _add_docs(app)
     _add_error_handlers(app)
     app.openapi = lambda: _openapi(app)
+    app.add_middleware(BodyDeadline, timeout=settings.body_timeout)  # inside the front door
     app.add_middleware(FrontDoor, max_body_bytes=settings.max_body_bytes,
                        api_token=settings.api_token, open_paths=OPEN_PATHS, metrics=metrics,
                        access_log=settings.access_log, routes=lambda: app.router.routes)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from .errors import ApiError
-from .runner import KernelRunner
+from .runner import ComputeTimeout, KernelRunner
 
 T = TypeVar("T")
 
@@ -89,7 +89,7 @@ async def run_on_body(request: Request, pool: BufferPool, runner: KernelRunner, 
             result = fn(body, *args)
         else:
             result = await runner.run(fn, body, *args, lane=lane and runner.wants_lane(len(body)))
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, ComputeTimeout):
         raise  # the worker thread may still read the buffer: leave it to the garbage collector
     except BaseException:
         release()

@@ -10,7 +10,11 @@ import signal
 import sys
 import tempfile
 
-from .settings import Settings
+from .settings import ENV_PREFIX, Settings, flag
+
+# one flag per limit, named and described as its setting (README "Limits")
+LIMIT_SETTINGS = ("max_elements", "max_json_depth", "max_header_bytes", "max_header_fields", "max_connections",
+                  "header_timeout", "body_timeout", "keep_alive_timeout", "compute_timeout")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="LOSSD_LOG_LEVEL, default info")
     serve.add_argument("--graceful-timeout", type=float,
                        help="seconds after SIGTERM for in-flight requests (LOSSD_GRACEFUL_TIMEOUT, default 20)")
+    for name in LIMIT_SETTINGS:
+        field = Settings.model_fields[name]
+        serve.add_argument(flag(name), type=field.annotation, metavar=name.split("_")[-1].upper(),
+                           help=f"{field.description} ({ENV_PREFIX}{name.upper()}, default {field.default})")
     from lossd import bake
 
     bake.add_arguments(sub.add_parser(
@@ -52,6 +60,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from . import drain
+    from .http_limits import HttpLimits, protocol
     from .metrics import MULTIPROC_ENV
 
     # Workers are new processes: they read the same settings from the environment.
@@ -68,7 +77,11 @@ def serve(settings: Settings) -> None:
     try:
         drain.run(uvicorn.Config("lossd.service.app:create_app_from_env", factory=True, host=settings.host,
                                  port=settings.port, workers=settings.workers, loop="uvloop",
-                                 http="httptools", log_level=settings.log_level, access_log=False,
+                                 http=protocol(HttpLimits(settings.max_header_bytes, settings.max_header_fields,
+                                                          settings.max_connections, settings.header_timeout,
+                                                          settings.body_timeout)),
+                                 timeout_keep_alive=settings.keep_alive_timeout,
+                                 log_level=settings.log_level, access_log=False,
                                  timeout_graceful_shutdown=settings.graceful_timeout,
                                  log_config=_log_config(settings.log_level)))
     finally:

@@ -20,6 +20,7 @@ import orjson
 from lossd.kernels.api import float32_values
 
 from .codec_json import NONFINITE, DuplicateKey, loads, nonfinite_as_text
+from .limits import JsonTooDeep, check_json_depth
 
 HEADER_LENGTH = "inference-header-content-length"
 HEADER_NAME = "Inference-Header-Content-Length"
@@ -67,8 +68,10 @@ def _param_bool(params: dict, key: str, where: str) -> bool | None:
     raise OipError(f"{where} parameter {key} must be true or false, got {v!r}")
 
 
-def decode_request(body: bytes | memoryview, header_length: str | None, allowed: dict[str, tuple[str, ...]]) -> InferRequest:
-    """Parse an infer request. ``allowed`` maps each input name to its datatypes."""
+def decode_request(body: bytes | memoryview, header_length: str | None, allowed: dict[str, tuple[str, ...]],
+                   max_depth: int | None = None) -> InferRequest:
+    """Parse an infer request. ``allowed`` maps each input name to its datatypes; a JSON
+    header nested deeper than ``max_depth`` is refused."""
     if header_length is None:
         header_raw, blob = body, b""
     else:
@@ -81,6 +84,10 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
         if hlen <= 0:
             raise OipError(f"Inference-Header-Content-Length = {hlen} must be positive (the JSON header's length)")
         header_raw, blob = body[:hlen], memoryview(body)[hlen:]
+    try:
+        check_json_depth(header_raw, max_depth)
+    except JsonTooDeep as exc:
+        raise OipError(f"the request header is refused: {exc}") from None
     try:
         header = loads(header_raw)
     except DuplicateKey as exc:

@@ -31,7 +31,7 @@ import socket
 import threading
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -130,7 +130,16 @@ class LargeLane:
         return self._proc.pid
 
     def warm(self) -> int:
-        """Blocks until the lane has loaded every kernel signature (from the cache)."""
+        """Blocks until the lane has loaded every kernel signature (from the cache). Runs
+        on the lane's I/O thread like any request: a request queued behind it has not
+        reached the lane (the compute deadline drops it without killing the lane)."""
+        return self.start_warm().result()
+
+    def start_warm(self) -> Future:
+        """``warm`` without waiting: the first job of the I/O thread when called first."""
+        return self._io.submit(self._warm)
+
+    def _warm(self) -> int:
         with self._lock:
             self._conn.send((None, ()))
             return _unwrap(*self._conn.recv())
@@ -155,16 +164,36 @@ class LargeLane:
                 raise LaneError("the large lane died while computing this request") from exc
 
     def _gone(self, exc: BaseException) -> None:
+        if self.broken:  # killed on purpose (``kill``): nothing unexpected to report
+            return
         self.broken = True
         log.error("the large lane is gone (%s: %s); large bodies now run in the worker's threads",
                   type(exc).__name__, exc)
 
-    async def run(self, fn: Callable[..., Any], body: bytes | memoryview, *args: Any) -> Any:
+    def submit(self, fn: Callable[..., Any], body: bytes | memoryview, *args: Any) -> Future:
         """``fn(body, *args)`` in the lane (``fn`` and ``args`` must pickle: module-level
-        functions and plain data); ``LaneGone`` if the lane could not take it."""
-        loop = asyncio.get_running_loop()
-        kind, value = await loop.run_in_executor(self._io, self._roundtrip, fn, body, args)
-        return _unwrap(kind, value)
+        functions and plain data), as a future; it raises ``LaneGone`` if the lane could
+        not take it."""
+        return self._io.submit(self._call, fn, body, args)
+
+    def _call(self, fn: Callable[..., Any], body: bytes | memoryview, args: tuple) -> Any:
+        return _unwrap(*self._roundtrip(fn, body, args))
+
+    async def run(self, fn: Callable[..., Any], body: bytes | memoryview, *args: Any) -> Any:
+        return await asyncio.wrap_future(self.submit(fn, body, *args))
+
+    def kill(self) -> None:
+        """Stop the lane now, whatever it computes (the call in progress ends with
+        ``LaneError``, those queued behind it with ``LaneGone``); its pipe is closed by
+        the I/O thread once that is done with it."""
+        self.broken = True
+        self._proc.kill()
+        self._io.submit(self._close)
+        self._io.shutdown(wait=False)
+
+    def _close(self) -> None:
+        self._conn.close()
+        self._proc.join(timeout=5)
 
     def shutdown(self) -> None:
         self._io.shutdown(wait=False, cancel_futures=True)

@@ -9,22 +9,27 @@ from fastapi import FastAPI, Request, Response
 
 from . import codec_json
 from .compute import compute_grad, compute_loss
-from .errors import ApiError
+from .errors import ApiError, RequestError
+from .limits import BodyLimits, JsonTooDeep, check_json_depth
 from .metrics import Metrics
 from .bodies import BufferPool, run_on_body
 from .runner import KernelRunner
 from .schemas import (ErrorBody, GradResponse, LossResponse, ParamsGradResponse,
                       ValidationErrorBody)
 
-Compute = Callable[[dict[str, Any]], tuple[dict[str, Any], int]]
+Compute = Callable[[dict[str, Any], int | None], tuple[dict[str, Any], int]]
 
 _ERRORS = {
     401: {"model": ErrorBody, "description": "Bearer token missing or wrong (when LOSSD_API_TOKEN is set)."},
+    408: {"model": ErrorBody, "description": "The body did not arrive within LOSSD_BODY_TIMEOUT."},
     413: {"model": ErrorBody, "description": "The body is over LOSSD_MAX_BODY_BYTES."},
     415: {"model": ErrorBody, "description": "Content-Type is not application/json."},
     422: {"model": ValidationErrorBody, "description": "Invalid content: `loc` names the field and "
-          "index, `msg` what is wrong."},
-    503: {"model": ErrorBody, "description": "Too many requests queued; retry after the Retry-After delay."},
+          "index, `msg` what is wrong (also: an array over LOSSD_MAX_ELEMENTS, JSON nested deeper "
+          "than LOSSD_MAX_JSON_DEPTH)."},
+    503: {"model": ErrorBody, "description": "Too many requests queued (retry after the Retry-After delay), "
+          "or more connections than LOSSD_MAX_CONNECTIONS."},
+    504: {"model": ErrorBody, "description": "Not computed within LOSSD_COMPUTE_TIMEOUT."},
 }
 
 
@@ -37,8 +42,12 @@ def _body_ref(*names: str) -> dict[str, Any]:
 _ARRAY_FIELDS = frozenset({"predictions", "labels", "sample_weight", "features", "coef"})
 
 
-def _run_json(body: bytes | memoryview, fn: Compute) -> tuple[bytes, int]:
-    payload, n = fn(codec_json.decode(body, _ARRAY_FIELDS))
+def _run_json(body: bytes | memoryview, fn: Compute, limits: BodyLimits) -> tuple[bytes, int]:
+    try:
+        check_json_depth(body, limits.max_json_depth)
+    except JsonTooDeep as exc:
+        raise RequestError.at((), str(exc), kind="json_too_deep") from None
+    payload, n = fn(codec_json.decode(body, _ARRAY_FIELDS), limits.max_elements)
     return codec_json.encode(payload), n
 
 
@@ -51,13 +60,13 @@ def check_json_type(request: Request) -> None:
 
 
 def add_json_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, pool: BufferPool,
-                    inline_bytes: int) -> None:
+                    inline_bytes: int, limits: BodyLimits = BodyLimits()) -> None:
     # registered on the app itself (not an included router) so that the front door can
     # match a refused request to its route for the metrics label
 
     async def answer(request: Request, fn: Compute, route: str) -> Response:
         check_json_type(request)
-        content, n = await run_on_body(request, pool, runner, inline_bytes, _run_json, fn, lane=True)
+        content, n = await run_on_body(request, pool, runner, inline_bytes, _run_json, fn, limits, lane=True)
         metrics.elements.labels(route).inc(n)
         return Response(content, media_type="application/json")
 

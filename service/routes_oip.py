@@ -15,6 +15,7 @@ from .codec_oip import (FLOAT_TYPES, HEADER_LENGTH, HEADER_NAME, LABEL_TYPES, In
 from .bodies import BufferPool, run_on_body
 from .compute import compute_grad, compute_loss
 from .errors import RequestError
+from .limits import BodyLimits
 from .metrics import Metrics
 from .runner import KernelRunner, Readiness
 from .schemas import LossOptions, ParamsOptions
@@ -106,7 +107,7 @@ def _tensor_scalar(name: str, arr: np.ndarray) -> float:
     return float(arr.reshape(-1)[0])
 
 
-def infer(model: Model, req: InferRequest) -> tuple[bytes, dict[str, str], int]:
+def infer(model: Model, req: InferRequest, max_elements: int | None = None) -> tuple[bytes, dict[str, str], int]:
     data = _options(model, req)
     inputs = dict(req.inputs)
     if "pos_weight" in inputs:  # per-column weights travel as a tensor
@@ -120,7 +121,7 @@ def infer(model: Model, req: InferRequest) -> tuple[bytes, dict[str, str], int]:
         data["intercept"] = _tensor_scalar("intercept", inputs.pop("intercept"))
     data.update(inputs)
     try:
-        payload, n = model.compute(data)
+        payload, n = model.compute(data, max_elements)
     except RequestError as exc:
         raise OipError(exc.message) from None
     outputs = _outputs(payload)
@@ -165,8 +166,9 @@ def _select(model: Model, outputs: list[tuple[str, np.ndarray]], names: list[str
     return picked
 
 
-def _decode_and_infer(body: bytes | memoryview, model: Model, header_length: str | None):
-    return infer(model, decode_request(body, header_length, model.inputs))
+def _decode_and_infer(body: bytes | memoryview, model: Model, header_length: str | None, limits: BodyLimits):
+    return infer(model, decode_request(body, header_length, model.inputs, limits.max_json_depth),
+                 limits.max_elements)
 
 
 _MODEL_PARAM = {"name": "model_name", "in": "path", "required": True,
@@ -205,8 +207,11 @@ _INFER_DOC = {
         "400": _error("Malformed request: sizes, datatypes, unknown tensors, parameters or outputs, "
                       "bad values (the JSON API's messages)."),
         **_ERRORS,
+        "408": _error("The body did not arrive within LOSSD_BODY_TIMEOUT."),
         "413": _error("The body is over LOSSD_MAX_BODY_BYTES."),
-        "503": _error("Too many requests queued; retry after the Retry-After delay."),
+        "503": _error("Too many requests queued (retry after the Retry-After delay), or more connections "
+                      "than LOSSD_MAX_CONNECTIONS."),
+        "504": _error("Not computed within LOSSD_COMPUTE_TIMEOUT."),
     },
 }
 
@@ -220,7 +225,7 @@ def _model_doc(body_model: str | None = None) -> dict[str, Any]:
 
 
 def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readiness: Readiness,
-                   pool: BufferPool, inline_bytes: int) -> None:
+                   pool: BufferPool, inline_bytes: int, limits: BodyLimits = BodyLimits()) -> None:
     """Path parameters are read from ``request.path_params``: as endpoint arguments
     FastAPI would document (and answer) a 422 that OIP clients never get."""
     tags = ["open inference protocol v2"]
@@ -258,7 +263,7 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
         header_length = request.headers.get(HEADER_LENGTH)
         # binary tensors cost nothing to decode: only all-JSON bodies go to the large lane
         content, headers, n = await run_on_body(request, pool, runner, inline_bytes, _decode_and_infer,
-                                                model, header_length, lane=header_length is None)
+                                                model, header_length, limits, lane=header_length is None)
         metrics.elements.labels(request.scope["route"].path).inc(n)
         return Response(content, headers=headers)
 

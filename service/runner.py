@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from lossd import kernels
@@ -27,12 +27,18 @@ T = TypeVar("T")
 log = logging.getLogger("lossd")
 
 
+class ComputeTimeout(ApiError):
+    """504: the request's work passed the compute deadline (its thread may still run)."""
+
+
 class KernelRunner:
     def __init__(self, max_concurrency: int, max_queue: int, lane_bytes: int = 0,
-                 lane: LargeLane | None = None) -> None:
+                 lane: LargeLane | None = None, timeout: float | None = None) -> None:
         self.capacity = max_concurrency + max_queue
         self.lane_bytes = lane_bytes  # bodies from this size go to the lane (if any)
         self.lane = lane
+        self.lane_factory: Callable[[], LargeLane] | None = None  # restarts a lane killed at the deadline
+        self.timeout = timeout
         self._pending = 0  # touched only on the event loop thread
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="lossd-kernel")
 
@@ -41,25 +47,92 @@ class KernelRunner:
 
     async def run(self, fn: Callable[..., T], *args, lane: bool = False) -> T:
         """``fn(*args)`` in the thread pool, or in the large lane if ``lane`` (then
-        ``fn`` and ``args`` must pickle)."""
+        ``fn`` and ``args`` must pickle), answered within ``timeout`` seconds or 504.
+
+        A kernel call cannot be interrupted (a Numba parallel region has no cancellation
+        point), so at the deadline the request is answered 504 and its task ends, but a
+        thread that already runs the call keeps its slot until the call returns: requests
+        beyond the capacity then get 503 rather than more threads. Work still queued for a
+        thread is dropped. A call running in the large lane is stopped by killing the lane,
+        and a new lane starts."""
         if self._pending >= self.capacity:
             raise ApiError(503, f"busy: {self._pending} requests are running or queued; retry shortly",
                            {"retry-after": "1"})
         self._pending += 1
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+        work: Future | None = None
         try:
             if lane and self.lane is not None:
+                current = self.lane
+                work = current.submit(fn, *args)
                 try:
-                    return await self.lane.run(fn, *args)
+                    return await self._wait(work, deadline, current)
                 except LaneGone:
                     pass  # the lane never saw it: the threads compute it
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            work = self._pool.submit(fn, *args)
+            return await self._wait(work, deadline, None)
         finally:
-            self._pending -= 1
+            if work is None or work.done():
+                self._pending -= 1
+            else:  # past the deadline (or cancelled) while a thread or the lane still works on it
+                work.add_done_callback(lambda _: _call_soon(loop, self._release))
+
+    def _release(self) -> None:
+        self._pending -= 1
+
+    async def _wait(self, work: Future, deadline: float | None, lane: LargeLane | None) -> T:
+        fut = asyncio.wrap_future(work)
+        fut.add_done_callback(_retrieve)  # an abandoned result's exception is not an error to log
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(fut)
+        except asyncio.CancelledError:  # the client left or the server stops: drop it if not started
+            work.cancel()
+            raise
+        except TimeoutError:
+            if fut.done():  # the work itself raised TimeoutError
+                raise
+            if not work.cancel() and lane is not None:  # running in the lane: stop it there
+                self._restart_lane(lane)
+            raise ComputeTimeout(504, f"not computed within {self.timeout:g} s (LOSSD_COMPUTE_TIMEOUT); "
+                                 "the request was too large for the time allowed, or the server is "
+                                 "overloaded") from None
+
+    def _restart_lane(self, lane: LargeLane) -> None:
+        if self.lane is not lane:  # already replaced
+            return
+        log.warning("a request in the large lane passed LOSSD_COMPUTE_TIMEOUT (%g s): the lane (pid %s) "
+                    "is killed and a new one starts", self.timeout, lane.pid)
+        lane.kill()
+        self.lane = self.lane_factory() if self.lane_factory is not None else None
+        if self.lane is not None:  # loads the kernels (from the cache) before any request reaches it
+            self.lane.start_warm().add_done_callback(_warmed)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.lane is not None:
             self.lane.shutdown()
+
+
+def _warmed(fut: Future) -> None:
+    exc = None if fut.cancelled() else fut.exception()
+    if exc is not None:  # its requests then fall back to the threads
+        log.error("the new large lane failed to start: %s: %s", type(exc).__name__, exc)
+    else:
+        log.info("a new large lane is ready")
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # the loop is closed: the server has stopped
+        pass
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class Readiness:

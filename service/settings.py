@@ -72,6 +72,37 @@ class Settings(BaseModel):
         1024 * 1024, ge=0,
         description="JSON bodies from this size are decoded and computed in a process of their own "
                     "(the large lane), so small requests never wait for their GIL; 0: no lane.")
+    # Limits (README "Limits"): each answered with a clear error, never a hang or a 500.
+    max_elements: int = Field(
+        16 * 1024 * 1024, ge=1,
+        description="Most numbers in one array of a request (predictions, labels, features, ...; "
+                    "N×K counts N·K); more get 422 (OIP: 400).")
+    max_json_depth: int = Field(
+        32, ge=5, le=512,
+        description="Deepest nesting of a JSON body (or OIP header); deeper gets 422 (OIP: 400). "
+                    "Requests need 3 (JSON API) to 5 (OIP with nested data).")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024,
+        description="Largest request head (request line and header fields); larger gets 431.")
+    max_header_fields: int = Field(
+        100, ge=8, le=10_000, description="Most header fields in a request; more get 431.")
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="Open connections per worker; requests on connections beyond it get 503.")
+    header_timeout: float = Field(
+        10.0, gt=0, le=3600,
+        description="Seconds for a request's head to arrive (from the connection or the request's "
+                    "first byte); then 408 and the connection is closed.")
+    body_timeout: float = Field(
+        60.0, gt=0, le=3600,
+        description="Seconds for a request's body to arrive after its head; then 408 and the "
+                    "connection is closed.")
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, le=3600, description="Seconds an idle keep-alive connection stays open.")
+    compute_timeout: float = Field(
+        60.0, gt=0, le=3600,
+        description="Seconds a request may wait for and use a kernel slot or the large lane (decode, "
+                    "compute, encode); then 504 (see README: what is freed).")
     warmup: bool = Field(True, description="Compile every kernel signature at start; /readyz waits for it.")
     access_log: bool = True
     graceful_timeout: float = Field(
