@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="LOSSD_LOG_LEVEL, default info")
     serve.add_argument("--graceful-timeout", type=float,
                        help="seconds after SIGTERM for in-flight requests (LOSSD_GRACEFUL_TIMEOUT, default 20)")
+    serve.add_argument("--api-token-file", "--token-file", metavar="PATH",
+                       help="file holding the bearer token (LOSSD_API_TOKEN_FILE; or LOSSD_API_TOKEN)")
+    # Refused, not taken: a token in argv is readable by every local user (ps, /proc/PID/cmdline).
+    serve.add_argument("--api-token", "--token", dest="token_in_argv", nargs="?", const="",
+                       help=argparse.SUPPRESS)
     from lossd import bake
 
     bake.add_arguments(sub.add_parser(
@@ -69,6 +74,7 @@ def serve(settings: Settings) -> None:
         drain.run(uvicorn.Config("lossd.service.app:create_app_from_env", factory=True, host=settings.host,
                                  port=settings.port, workers=settings.workers, loop="uvloop",
                                  http="httptools", log_level=settings.log_level, access_log=False,
+                                 server_header=False,  # no "server: uvicorn" (names the library)
                                  timeout_graceful_shutdown=settings.graceful_timeout,
                                  log_config=_log_config(settings.log_level)))
     finally:
@@ -95,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         from lossd import bake
 
         return bake.run(args)
-    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    if getattr(args, "token_in_argv", None) is not None:
+        print("lossd: --api-token is not accepted (a command line is visible to every local user "
+              "in ps); put the token in a file for --api-token-file or LOSSD_API_TOKEN_FILE, or in "
+              "LOSSD_API_TOKEN", file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "token_in_argv")}
     try:
         settings = Settings.from_env(**overrides)
         _check_cpu_target(settings.cpu_target)
