@@ -123,12 +123,15 @@ lock: $(TOOLS)/.installed
 lock-upgrade:
 	$(MAKE) lock LOCK_UPGRADE=--upgrade
 
-# Known vulnerabilities in every locked version (pip-audit; needs the vulnerability
-# database, i.e. PyPI's JSON API or OSV, which these machines cannot reach; see SECURITY.md).
+# Known vulnerabilities of every locked version (pip-audit). Needs a vulnerability database:
+# PyPI's JSON API (the default) or OSV (AUDIT_FLAGS="--vulnerability-service osv"), which
+# these machines cannot reach. --strict: a package that could not be looked up fails the
+# audit (without it pip-audit skips it and still says "No known vulnerabilities found").
+AUDIT_FLAGS ?=
 audit: $(TOOLS)/.installed
-	$(TOOLS)/bin/pip-audit --require-hashes --disable-pip -r $(SERVICE_LOCK)
-	$(TOOLS)/bin/pip-audit --require-hashes --disable-pip -r $(DEV_LOCK)
-	$(TOOLS)/bin/pip-audit --require-hashes --disable-pip -r $(TOOLS_LOCK)
+	$(TOOLS)/bin/pip-audit --strict --require-hashes --disable-pip $(AUDIT_FLAGS) -r $(SERVICE_LOCK)
+	$(TOOLS)/bin/pip-audit --strict --require-hashes --disable-pip $(AUDIT_FLAGS) -r $(DEV_LOCK)
+	$(TOOLS)/bin/pip-audit --strict --require-hashes --disable-pip $(AUDIT_FLAGS) -r $(TOOLS_LOCK)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .numba_cache .pytest_cache build deploy/wheelhouse/*.whl
