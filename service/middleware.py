@@ -42,12 +42,14 @@ def _valid_request_id(raw: bytes | None) -> str | None:
     return None
 
 
-_LOG_PLAIN = re.compile(r"[!-$&-~]{0,512}")  # printable ASCII but space and "%"
+# printable ASCII but space, double quote, backslash and "%": the log line quotes the path
+_LOG_PLAIN = re.compile(r'[!#$&-\[\]-~]{0,512}')
 
 
 def log_safe(text: str, limit: int = 512) -> str:
     """A client-controlled string (a path: percent-decoded, so "%0a" is a line end) made fit
-    for one log line: anything but printable ASCII is percent-escaped, and it is cut short."""
+    for one log line: anything but printable ASCII, and quotes, are percent-escaped, and it is
+    cut short."""
     if _LOG_PLAIN.fullmatch(text):  # the usual case, at regex speed
         return text
     out = "".join(c if _LOG_PLAIN.fullmatch(c) else
