@@ -30,7 +30,7 @@ with warnings.catch_warnings():  # starlette's note about httpx vs httpx2 at imp
     from fastapi.testclient import TestClient
 
 JSON = {"content-type": "application/json"}
-BODY = json.dumps({"predictions": [1.0, -2.0], "labels": [1, 0]})
+BODY = json.dumps({"predictions": [1.0, -2.0], "labels": [1, 0]}).encode()
 TOKEN = "tok-" + "9f3c2a71d4e8b605" * 2
 ORIGIN = "https://app.example.com"
 
@@ -114,15 +114,14 @@ def test_no_server_header_traceback_path_or_version_in_any_response():
     with lossd_serve(env={"LOSSD_WARMUP": "false", "LOSSD_LANE_BYTES": "0"}) as server:
         answers = _requests(server.port)
         assert server.alive()
-    seen = set()
     for what, status, headers, raw in answers:
-        assert status, f"{what}: no answer"
-        seen.add(status)
+        if not raw and what.startswith("400 bad"):
+            continue  # malformed HTTP may get the connection closed without a word
+        assert status == int(what.split()[0]), (what, status, raw[:500])
         names = {k.lower() for k in headers}
         assert "server" not in names and "x-powered-by" not in names, (what, dict(headers))
         text = raw.decode("latin-1")
         assert not leaks(text), (what, leaks(text), text[:2000])
-    assert {200, 400, 404, 405, 415, 422} <= seen, seen
 
 
 def test_a_500_says_nothing_of_the_error(caplog):
