@@ -13,14 +13,12 @@ RUN apt-get update -q \
  && apt-get install -y -q --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/lossd
-# Read from pyproject.toml: this layer survives source edits. Wheels in deploy/wheelhouse/
-# (if any) are used offline; otherwise PyPI.
+# Exactly the service's lock file, every file checked against its hash: this layer survives
+# source edits. Wheels in deploy/wheelhouse/ (if any) are used offline; otherwise PyPI.
 COPY deploy/wheelhouse/ /wheelhouse/
-COPY pyproject.toml /src/
-RUN python3 -c "import tomllib; t = tomllib.load(open('/src/pyproject.toml', 'rb')); \
-print('\n'.join(t['project']['dependencies'] + t['build-system']['requires']))" > /tmp/requirements.txt \
- && if ls /wheelhouse/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheelhouse; fi \
- && /opt/lossd/bin/pip install -q "$@" -r /tmp/requirements.txt
+COPY requirements/service.lock /src/requirements/
+RUN if ls /wheelhouse/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheelhouse; fi \
+ && /opt/lossd/bin/pip install -q --require-hashes "$@" -r /src/requirements/service.lock
 
 # ---------------------------------------------------------------- bake: compiled kernels
 # Only the kernels, at the path pip installs them to (Numba keys its cache by the source
@@ -35,7 +33,7 @@ RUN NUMBA_CACHE_DIR=/tmp/bake /opt/lossd/bin/python -m lossd.bake --dest /opt/lo
 
 # ---------------------------------------------------------------- build: the project
 FROM deps AS build
-COPY README.md /src/
+COPY pyproject.toml README.md /src/
 COPY lossd/ /src/lossd/
 COPY kernels/ /src/kernels/
 COPY service/ /src/service/

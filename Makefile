@@ -2,32 +2,37 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-HASH := $(shell cat pyproject.toml client/pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+# Every dependency comes from a lock file (requirements/, see SECURITY.md), each file
+# checked against its hash; `make lock` regenerates them from the pyproject.toml files.
+SERVICE_LOCK := requirements/service.lock
+DEV_LOCK := requirements/dev.lock
+TOOLS_LOCK := requirements/tools.lock
+HASH := $(shell cat pyproject.toml client/pyproject.toml $(SERVICE_LOCK) $(DEV_LOCK) 2>/dev/null | sha1sum | cut -c1-12)
 STAMP_RUN := $(VENV)/.installed-run-$(HASH)
 STAMP_DEV := $(VENV)/.installed-dev-$(HASH)
-STAMP_LOAD := $(VENV)/.installed-load-$(HASH)
+TOOLS ?= .venv-tools
 
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install install-dev run test bench bench-kernels bench-service bench-targets bench-scaling bench-image image run-image loadtest clean
+.PHONY: install install-dev run test bench bench-kernels bench-service bench-targets bench-scaling bench-image image run-image loadtest lock lock-upgrade audit clean
 
+# The venv keeps the pip that comes with Python: nothing is fetched that no lock names.
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
-# `make run` needs only the service's own dependencies (a plain `pip install .`).
-$(STAMP_RUN): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+# `make run` needs only the service's own dependencies. The project itself installs without
+# dependencies or build isolation: its build backend (setuptools) is in the lock too.
+$(STAMP_RUN): pyproject.toml $(SERVICE_LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install -q --require-hashes -r $(SERVICE_LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP_RUN)
 
-$(STAMP_DEV): pyproject.toml client/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,bench,load]' -e ./client
-	touch $(STAMP_DEV) $(STAMP_RUN) $(STAMP_LOAD)
-
-# locust and what the load tests use (the client's OIP framing among them)
-$(STAMP_LOAD): pyproject.toml client/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[load]' -e ./client
-	touch $(STAMP_LOAD) $(STAMP_RUN)
+# The test, bench and load extras and the client's dependencies (the load tests use the
+# client's OIP framing): one lock, a superset of the service's with the same versions.
+$(STAMP_DEV): pyproject.toml client/pyproject.toml $(DEV_LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install -q --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . -e ./client
+	touch $(STAMP_DEV) $(STAMP_RUN)
 
 install: $(STAMP_RUN)
 install-dev: $(STAMP_DEV)
@@ -92,8 +97,41 @@ run-image:
 
 # A load test against a lossd it starts (2 workers, the mixed profile, 50 users, 60 s);
 # e.g. make loadtest LOADTEST_ARGS="--users 20 --run-time 30 --budgets small_loss:p99=5"
-loadtest: $(STAMP_LOAD)
+loadtest: $(STAMP_DEV)
 	$(BIN)/python -m loadtests $(LOADTEST_ARGS)
 
+# The lock files, from pyproject.toml and client/pyproject.toml (pip-compile, hashes of every
+# file PyPI and this machine's package sources hold for each pinned version). Existing pins
+# are kept; `make lock-upgrade` moves every pin to the newest allowed version. The dev lock
+# is resolved first and the service lock from its pins, so both hold the same versions.
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-find-links --no-emit-index-url --no-emit-trusted-host
+COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(TOOLS)/bin/pip-compile $(LOCK_FLAGS)
+
+$(TOOLS)/.installed: $(TOOLS_LOCK)
+	$(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --require-hashes -r $(TOOLS_LOCK)
+	touch $@
+
+lock: $(TOOLS)/.installed
+	$(COMPILE) $(LOCK_UPGRADE) --all-build-deps --extra test --extra bench --extra load \
+	  -o $(DEV_LOCK) pyproject.toml client/pyproject.toml
+	cp $(DEV_LOCK) $(SERVICE_LOCK)
+	$(COMPILE) --all-build-deps -o $(SERVICE_LOCK) pyproject.toml
+	$(COMPILE) $(LOCK_UPGRADE) -o $(TOOLS_LOCK) requirements/tools.in
+
+lock-upgrade:
+	$(MAKE) lock LOCK_UPGRADE=--upgrade
+
+# Known vulnerabilities of every locked version (pip-audit). Needs a vulnerability database:
+# PyPI's JSON API (the default) or OSV (AUDIT_FLAGS="--vulnerability-service osv"), which
+# these machines cannot reach. --strict: a package that could not be looked up fails the
+# audit (without it pip-audit skips it and still says "No known vulnerabilities found").
+AUDIT_FLAGS ?=
+audit: $(TOOLS)/.installed
+	$(TOOLS)/bin/pip-audit --strict --require-hashes --disable-pip $(AUDIT_FLAGS) -r $(SERVICE_LOCK)
+	$(TOOLS)/bin/pip-audit --strict --require-hashes --disable-pip $(AUDIT_FLAGS) -r $(DEV_LOCK)
+	$(TOOLS)/bin/pip-audit --strict --require-hashes --disable-pip $(AUDIT_FLAGS) -r $(TOOLS_LOCK)
+
 clean:
-	rm -rf $(VENV) .numba_cache .pytest_cache build deploy/wheelhouse/*.whl
+	rm -rf $(VENV) $(TOOLS) .numba_cache .pytest_cache build deploy/wheelhouse/*.whl

@@ -10,20 +10,12 @@ cd "$(dirname "$0")/.."
 DEST=deploy/wheelhouse
 PY=${PY:-python3}
 
-reqs=$(mktemp)
-trap 'rm -f "$reqs"' EXIT
-# the runtime dependencies, read from pyproject.toml (one source of truth), and what builds lossd
-"$PY" - "$reqs" <<'PYEOF'
-import sys, tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-build = tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]
-open(sys.argv[1], "w").write("\n".join([*deps, *build, "wheel"]) + "\n")
-PYEOF
-
 platforms=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 for minor in $(seq 5 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
 
+# the image's dependencies are exactly the service's lock (setuptools, which builds lossd,
+# included); pip checks every file against the lock's hashes
 "$PY" -m pip download -q --disable-pip-version-check --dest "$DEST" --only-binary=:all: \
     --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
-    "${platforms[@]}" -r "$reqs"
+    "${platforms[@]}" --require-hashes -r requirements/service.lock
 echo "wheelhouse: $(ls "$DEST"/*.whl | wc -l) wheels in $DEST" >&2

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -71,7 +72,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--pace-ms", type=float, help="one pace for every user (0: back to back); "
                                                   "default: each class's own (locustfile.py)")
     ap.add_argument("--budgets", default="", help="latency budgets, e.g. small_loss:p99=5,all:p95=500")
-    ap.add_argument("--token", help="bearer token (set on the lossd started here, sent by the users)")
+    ap.add_argument("--token", default=os.environ.get("LOSSD_API_TOKEN") or None,
+                    help="bearer token (set on the lossd started here, sent by the users); default "
+                         "LOSSD_API_TOKEN, which unlike a flag ps does not show")
     ap.add_argument("--no-access-log", action="store_true", help="start lossd with LOSSD_ACCESS_LOG=false")
     ap.add_argument("--soak-warmup", type=float, default=60.0,
                     help="soak: seconds of load before the first RSS sample")

@@ -131,10 +131,10 @@ def _start_probe(host: str, path: Path, load: Load, token: str | None) -> subpro
     cmd = [sys.executable, "-m", "loadtests.probe", "--url", host, "--threads", str(PROBE_THREADS),
            "--pace-ms", f"{PROBE_PACE_MS:g}", "--delay", f"{LOCUST_STARTUP_S + load.ramp_s:g}",
            "--seconds", f"{max(1.0, load.run_time_s - LOCUST_STARTUP_S):g}", "--out", str(path)]
-    if token:
-        cmd += ["--token", token]
+    # the token goes in the environment: a command line is visible to every local user (ps)
+    env = child_env({"LOSSD_API_TOKEN": token} if token else None)
     path.unlink(missing_ok=True)
-    return subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdin=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
 
 
 def _finish_probe(proc: subprocess.Popen, path: Path) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import threading
 import time
@@ -76,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pace-ms", type=float, default=100.0)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--delay", type=float, default=0.0, help="seconds to wait before starting")
-    ap.add_argument("--token")
+    ap.add_argument("--token", default=os.environ.get("LOSSD_API_TOKEN"),
+                    help="bearer token (default: LOSSD_API_TOKEN, which keeps it out of ps)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     time.sleep(args.delay)

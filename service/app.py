@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
@@ -20,7 +21,7 @@ from lossd import kernels
 from . import __version__
 from .errors import ApiError
 from .metrics import Metrics
-from .middleware import FrontDoor
+from .middleware import FrontDoor, log_safe
 from .bodies import BufferPool
 from .codec_oip import OipError
 from .drain import DRAINING, CloseWhenDraining
@@ -36,6 +37,10 @@ log = logging.getLogger("lossd")
 
 # Health, readiness and the API docs stay reachable without the bearer token.
 OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/v2/health/")
+
+# What a browser page on an allowed origin may send and read (LOSSD_CORS_ORIGINS).
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "Inference-Header-Content-Length")
+CORS_RESPONSE_HEADERS = ("X-Request-ID", "Inference-Header-Content-Length", "Retry-After")
 
 _DESCRIPTION = """Numerically exact binary cross-entropy (and relatives), gradients and
 statistics. Non-finite numbers travel as the strings "Infinity" and "-Infinity"."""
@@ -64,8 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         runner.shutdown()
 
-    app = FastAPI(title="lossd", version=__version__, description=_DESCRIPTION,
-                  docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="lossd", version=__version__, description=_DESCRIPTION, docs_url=None,
+                  redoc_url=None, openapi_url="/openapi.json" if settings.docs else None, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.readiness = readiness
@@ -75,13 +80,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_json_routes(app, runner, metrics, pool, settings.inline_bytes, limits)
     add_oip_routes(app, runner, metrics, readiness, pool, settings.inline_bytes, limits)
     _add_operations(app, metrics, readiness)
-    _add_docs(app)
+    if settings.docs:
+        _add_docs(app)
     _add_error_handlers(app)
     app.openapi = lambda: _openapi(app)
     app.add_middleware(BodyDeadline, timeout=settings.body_timeout)  # inside the front door
     app.add_middleware(FrontDoor, max_body_bytes=settings.max_body_bytes,
                        api_token=settings.api_token, open_paths=OPEN_PATHS, metrics=metrics,
                        access_log=settings.access_log, routes=lambda: app.router.routes)
+    if settings.cors_origins:  # outside the front door: a preflight carries no token
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=list(CORS_REQUEST_HEADERS),
+                           expose_headers=list(CORS_RESPONSE_HEADERS), max_age=600)
     app.add_middleware(CloseWhenDraining)  # while the server drains (SIGTERM): no keep-alive
     return app
 
@@ -103,8 +113,8 @@ def _add_operations(app: FastAPI, metrics: Metrics, readiness: Readiness) -> Non
             return JSONResponse({"status": "draining"}, status_code=503)
         if readiness.ready.is_set():
             return JSONResponse({"status": "ready", "signatures": readiness.signatures})
-        if readiness.error:
-            return JSONResponse({"status": "failed", "detail": readiness.error}, status_code=503)
+        if readiness.error:  # the log has the error (it may name files); the client only the fact
+            return JSONResponse({"status": "failed"}, status_code=503)
         return JSONResponse({"status": "warming up", "signatures": readiness.signatures,
                              "total": readiness.total}, status_code=503)
 
@@ -151,13 +161,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
         # nobody is left to answer; 499 (nginx's "client closed request") for the metrics
-        log.info("client disconnected before its body was complete: %s %s", request.method, request.url.path)
+        log.info("client disconnected before its body was complete: %s %s", request.method,
+                 log_safe(request.url.path))
         return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # logged with its traceback server-side; the client gets no internals
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        log.error("unhandled error on %s %s", request.method, log_safe(request.url.path), exc_info=exc)
         message = "internal error; the server log has the details"
         body = {"error": message} if request.url.path.startswith("/v2") else {"detail": message}
         return JSONResponse(body, status_code=500)

@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
         field = Settings.model_fields[name]
         serve.add_argument(flag(name), type=field.annotation, metavar=name.split("_")[-1].upper(),
                            help=f"{field.description} ({ENV_PREFIX}{name.upper()}, default {field.default})")
+    serve.add_argument("--api-token-file", "--token-file", metavar="PATH",
+                       help="file holding the bearer token (LOSSD_API_TOKEN_FILE; or LOSSD_API_TOKEN)")
+    # Refused, not taken: a token in argv is readable by every local user (ps, /proc/PID/cmdline).
+    serve.add_argument("--api-token", "--token", dest="token_in_argv", nargs="?", const="",
+                       help=argparse.SUPPRESS)
     from lossd import bake
 
     bake.add_arguments(sub.add_parser(
@@ -82,6 +87,7 @@ def serve(settings: Settings) -> None:
                                                           settings.body_timeout)),
                                  timeout_keep_alive=settings.keep_alive_timeout,
                                  log_level=settings.log_level, access_log=False,
+                                 server_header=False,  # no "server: uvicorn" (names the library)
                                  timeout_graceful_shutdown=settings.graceful_timeout,
                                  log_config=_log_config(settings.log_level)))
     finally:
@@ -108,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         from lossd import bake
 
         return bake.run(args)
-    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    if getattr(args, "token_in_argv", None) is not None:
+        print("lossd: --api-token is not accepted (a command line is visible to every local user "
+              "in ps); put the token in a file for --api-token-file or LOSSD_API_TOKEN_FILE, or in "
+              "LOSSD_API_TOKEN", file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "token_in_argv")}
     try:
         settings = Settings.from_env(**overrides)
         _check_cpu_target(settings.cpu_target)

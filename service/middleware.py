@@ -4,8 +4,10 @@ would cost a task and a queue per request)."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -18,6 +20,7 @@ from .errors import ApiError
 from .metrics import Metrics
 
 access_logger = logging.getLogger("lossd.access")
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -27,11 +30,38 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+# Characters of ids that tracing systems send (UUIDs, W3C/B3 trace ids, AWS's
+# "Root=1-...;Parent=..."); no quotes, backslashes, angle brackets, "%" or "$": the id is
+# echoed in a header and printed in log lines that other tools parse or render.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:;=+/@-]{1,128}")
+
+
 def _valid_request_id(raw: bytes | None) -> str | None:
-    # echo a client's id only if it is short printable ASCII (it goes into logs)
-    if raw and len(raw) <= 128 and all(33 <= c < 127 for c in raw):
+    if raw and _REQUEST_ID.fullmatch(raw):
         return raw.decode("ascii")
     return None
+
+
+# printable ASCII but space, double quote, backslash and "%": the log line quotes the path
+_LOG_PLAIN = re.compile(r'[!#$&-\[\]-~]{0,512}')
+
+
+def log_safe(text: str, limit: int = 512) -> str:
+    """A client-controlled string (a path: percent-decoded, so "%0a" is a line end) made fit
+    for one log line: anything but printable ASCII, and quotes, are percent-escaped, and it is
+    cut short."""
+    if _LOG_PLAIN.fullmatch(text):  # the usual case, at regex speed
+        return text
+    out = "".join(c if _LOG_PLAIN.fullmatch(c) else
+                  "".join(f"%{b:02X}" for b in c.encode("utf-8", "backslashreplace"))
+                  for c in text[:limit])
+    return out if len(text) <= limit else out + "..."
+
+
+def _token_digest(token: bytes) -> bytes:
+    # equal-length digests: compare_digest's time then depends on neither the token's
+    # length nor its content
+    return hashlib.sha256(token).digest()
 
 
 class FrontDoor:
@@ -40,7 +70,7 @@ class FrontDoor:
                  routes: Callable[[], list]) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.token = None if api_token is None else api_token.encode()
+        self.token = None if api_token is None else _token_digest(api_token.encode())
         self.open_paths = tuple(open_paths)
         self.metrics = metrics
         self.access_log = access_log
@@ -59,7 +89,8 @@ class FrontDoor:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 state["started"] = True
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                # nosniff: error messages quote the request; no browser may read them as HTML
+                message["headers"] = [*message.get("headers", ()), rid_header, _NOSNIFF]
             await send(message)
 
         self.metrics.in_flight.inc()
@@ -82,13 +113,14 @@ class FrontDoor:
                 client = scope.get("client")
                 access_logger.info('%s "%s %s" %d %.2fms rid=%s',
                                    f"{client[0]}:{client[1]}" if client else "-", scope["method"],
-                                   scope["path"], state["status"], elapsed * 1e3, rid)
+                                   log_safe(scope["path"]), state["status"], elapsed * 1e3, rid)
 
     def _refuse(self, scope: Scope) -> ApiError | None:
         if self.token is not None and not scope["path"].startswith(self.open_paths):
             got = _header(scope, b"authorization") or b""
             scheme, _, credentials = got.partition(b" ")
-            ok = scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+            ok = hmac.compare_digest(_token_digest(credentials.strip()), self.token)
+            ok = ok and scheme.lower() == b"bearer"
             if not ok:
                 why = "missing" if not got else "wrong"
                 return ApiError(401, f"bearer token {why}: send 'Authorization: Bearer <token>'",

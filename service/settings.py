@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "LOSSD_"
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 def available_cores() -> int:
@@ -34,11 +36,33 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# never echoed in an error message (the message goes to a terminal or a log)
+SECRET_FIELDS = frozenset({"api_token"})
+
+
 def _problem(e: dict, sources: dict[str, str]) -> str:
     name = str(e["loc"][0]) if e["loc"] else ""
     where = sources.get(name) or (ENV_PREFIX + name.upper() if name else "settings")
-    got = f" (got {e['input']!r})" if name in sources else ""
+    got = f" (got {e['input']!r})" if name in sources and name not in SECRET_FIELDS else ""
     return f"{where}: {e['msg']}{got}"
+
+
+def _token_problem(token: str) -> str | None:
+    """What is wrong with a token, in words that never quote it."""
+    if not token:
+        return "the token is empty"
+    if not all(33 <= ord(c) < 127 for c in token):
+        return "the token must be printable ASCII without spaces (it travels in a header)"
+    return None
+
+
+def _read_token(path: str) -> str:
+    """The token file's content without the line end (``echo`` and editors add one)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the token file ({type(exc).__name__})") from None
 
 
 class Settings(BaseModel):
@@ -54,9 +78,17 @@ class Settings(BaseModel):
         description="Kernel threads per worker; default: available cores / workers.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # repr=False: a settings object in a log line or traceback never shows the token
     api_token: str | None = Field(
-        None, min_length=1,
+        None, min_length=1, repr=False,
         description="When set, every endpoint but health and docs needs 'Authorization: Bearer <token>'.")
+    api_token_file: str | None = Field(
+        None, min_length=1,
+        description="File holding the bearer token (one line); workers read it too, so the token is "
+                    "in no process's arguments or environment.")
+    cors_origins: tuple[str, ...] = Field(
+        (), description="Origins (comma-separated) whose browser pages may call the API; none: CORS off.")
+    docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json (open without the token).")
     max_concurrency: int | None = Field(
         None, ge=1, le=1024,
         description="Kernel calls running at once per worker; default: the kernel threads, at least 2.")
@@ -119,6 +151,44 @@ class Settings(BaseModel):
         description="Folder of caches compiled ahead of time by 'lossd bake', one per target; the "
                     "chosen target's is linked into NUMBA_CACHE_DIR (the container image sets it).")
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):  # LOSSD_CORS_ORIGINS="https://a.example,https://b.example"
+            return tuple(o.strip() for o in v.split(",") if o.strip())
+        return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in v:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return v
+
+    @field_validator("api_token")
+    @classmethod
+    def _check_token(cls, v: str | None) -> str | None:
+        if v is not None and (why := _token_problem(v)):
+            raise ValueError(why)
+        return v
+
+    @field_validator("api_token_file")
+    @classmethod
+    def _check_token_file(cls, v: str | None) -> str | None:
+        if v is not None and (why := _token_problem(_read_token(v))):
+            raise ValueError(why)
+        return v
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> "Settings":
+        if self.api_token_file is not None:
+            if self.api_token is not None:
+                raise ValueError("LOSSD_API_TOKEN and LOSSD_API_TOKEN_FILE (--api-token-file) are both "
+                                 "set; give one")
+            object.__setattr__(self, "api_token", _read_token(self.api_token_file))
+        return self
+
     @model_validator(mode="after")
     def _resolve_defaults(self) -> "Settings":
         if self.threads is None:
@@ -153,6 +223,10 @@ class Settings(BaseModel):
         """The ``LOSSD_*`` variables that reproduce these settings in a worker process."""
         out = {}
         for name, value in self.model_dump().items():
+            if name == "api_token" and self.api_token_file is not None:
+                continue  # the workers read the file: the token stays out of their environment
+            if isinstance(value, tuple):
+                value = ",".join(value) if value else None
             if value is not None:
                 out[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
         return out

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from packaging.utils import canonicalize_name as canonical
+from packaging.version import Version
 from container_helpers import Container, build_image, docker_unavailable_reason
 from service_helpers import assert_same, check_grad_body, expected_loss_body, free_port, jsonable
 from stream_helpers import RequestStream, assert_drained
@@ -93,6 +95,23 @@ def test_runs_as_non_root(container):
         uid = re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1)
         assert uid != "0", f"process {pid} runs as root"
     assert container.exec("id", "-u").strip() == "10001"
+
+
+def test_installs_exactly_the_service_lock_and_names_no_server(container):
+    """Issue 12: the image's venv holds the service lock's versions and nothing else (but
+    lossd; setuptools, which only built it, is removed), and answers carry no Server header."""
+    import httpx
+    from test_locks import LOCKS, read_lock
+
+    out = container.exec("python3", "-c", "import importlib.metadata as m\n"
+                         "for d in m.distributions(): print(d.metadata['Name'], d.version)")
+    installed = {canonical(name): Version(v) for name, v in (line.split() for line in out.splitlines())}
+    locked = {name: version for name, (version, _) in read_lock(LOCKS / "service.lock").items()}
+    locked.pop("setuptools")
+    installed.pop("lossd")
+    assert installed == locked
+    r = httpx.get(container.url + "/healthz", timeout=10)
+    assert r.status_code == 200 and "server" not in r.headers and r.headers["x-content-type-options"] == "nosniff"
 
 
 def test_answers_equal_the_in_process_kernels(container):
