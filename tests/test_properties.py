@@ -505,3 +505,11 @@ def test_logreg_loss_is_nonnegative_and_never_nan(call):
     assert not math.isnan(p.loss) and p.loss >= 0, p.loss
     assert not np.isnan(p.coef).any(), p.coef
     assert abs(p.intercept) <= 1.0 + 2.0**-50, p.intercept
+
+
+def test_logreg_gradient_survives_overflowing_sums():
+    """The case above exactly: coef gradient [-1.7e308, inf] (it was [NaN, inf])."""
+    c = OVERFLOWING_SUMS
+    p = kernels.logreg_grad(c["X"], c["y"], c["coef"], **c["kw"])
+    assert p.coef[1] == INF and p.loss == INF
+    assert p.coef[0] == pytest.approx(float(Fraction(1e308) - Fraction(3, 2) * Fraction(F64_MAX)), rel=1e-15), p.coef
