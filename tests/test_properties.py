@@ -513,3 +513,13 @@ def test_logreg_gradient_survives_overflowing_sums():
     p = kernels.logreg_grad(c["X"], c["y"], c["coef"], **c["kw"])
     assert p.coef[1] == INF and p.loss == INF
     assert p.coef[0] == pytest.approx(float(Fraction(1e308) - Fraction(3, 2) * Fraction(F64_MAX)), rel=1e-15), p.coef
+
+
+def test_mean_of_a_sum_at_the_top_of_the_range_is_a_number():
+    """hinge at s = 1.8e308 is 1.8e308; with five losses of 1 the sum rounds to the
+    largest float and the mean was NaN (found by the long profile), now sum / 6."""
+    s = np.array([0.0] * 5 + [F64_MAX])
+    r = kernels.loss(s, np.zeros(6), loss="hinge")
+    assert r.loss == r.stats["mean"] == float((Fraction(F64_MAX) + 5) / 6), r
+    w = kernels.loss(s, np.zeros(6), loss="hinge", sample_weight=np.ones(6))
+    assert w.loss == r.loss

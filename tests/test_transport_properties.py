@@ -49,7 +49,7 @@ def _client_bits(r: Any, want: dict[str, Any], where: str) -> None:
                       want, where)
 
 
-@examples(40)
+@examples(80)
 @given(req=SP.requests(), route=st.sampled_from(["loss", "grad"]))
 def test_every_transport_of_a_real_server_gives_the_kernels_bits(http, client, req, route):
     want = SP._kernels(req, route)
@@ -101,7 +101,7 @@ def params_requests(draw) -> dict[str, Any]:
     return out
 
 
-@examples(40)
+@examples(80)
 @given(params_requests())
 def test_logistic_model_gives_the_kernels_bits_on_every_transport(http, client, req):
     try:
