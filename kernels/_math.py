@@ -429,11 +429,19 @@ def dd_div(ahi: float, alo: float, bhi: float, blo: float) -> float:
     A mean computed so is never further from the true mean than any float, hence
     always within [min, max] of the values averaged. Non-finite q is returned as is.
     Strict: contracting ahi - q·bhi into an FMA would count the product's error twice.
+    Near the top of the range q·bhi may round past the largest float (a sum of 1.8e308
+    over 6 gave inf - inf: a NaN mean): such a dividend is scaled by 2^-4 first, which
+    changes no rounding, and the quotient scaled back exactly.
     """
+    scale = 1.0
+    if abs(ahi) > 2.0**1020:
+        ahi *= 0.0625
+        alo *= 0.0625
+        scale = 16.0
     q = ahi / bhi
     p = q * bhi
     r = ((((ahi - p) - fma(q, bhi, -p)) + alo) - q * blo) / bhi
-    return q + r if (abs(q) < np.inf and q == q and bhi != 0.0) else q
+    return scale * (q + r) if (abs(q) < np.inf and q == q and bhi != 0.0) else scale * q
 
 
 @njit("float64(float64, float64, float64, float64)", **_strict)

@@ -761,10 +761,46 @@ def logreg_grad(features, labels, coef, intercept: float = 0.0, *, sample_weight
         raise KernelError(f"NaN from valid input in logreg_grad (N = {n}, D = {d}): a lossd bug")
     den, den_lo = (w.total, w.total_lo) if w.w.size else (float(n), 0.0)
     lsum, lsum_lo = D.dd_total(spart[:, 0], spart[:, 1])
-    with np.errstate(over="ignore"):  # l2·coef beyond the float range is inf, as it should
+    with np.errstate(over="ignore", invalid="ignore"):  # l2·coef beyond the float range is inf
         gcoef = gpart.sum(axis=0) / den + lam * c
+    if not np.isfinite(gcoef).all():  # maybe a sum overflowed on the way (inf + -inf: NaN): redo scaled
+        gcoef = _coef_grad_scaled(X, y, c, b0, w, lam)
     loss_value = M.dd_div(lsum, lsum_lo, den, den_lo) + _half_l2_penalty(lam, c)
     return ParamGrad(float(loss_value), gcoef, float(np.sum(spart[:, 2]) / den))
+
+
+def _coef_grad_scaled(X: np.ndarray, y: np.ndarray, c: np.ndarray, b0: float, w, lam: float) -> np.ndarray:
+    """dJ/dcoef where the kernel's sums overflowed: Σ r·x_j / Σw + l2·c_j with every term
+    scaled by a power of two first, so only a result beyond the float range is ±inf
+    (two rows of x = 1e308 summed to inf, and beside an l2·c of -inf gave NaN).
+    NumPy, float64; runs only when the fast result is not finite."""
+    Xd = X.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = Xd @ c + b0
+    r = np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z)))) - y
+    if w.w.size:
+        ww = np.asarray(w.w, dtype=np.float64)
+        top = float(ww.max())
+        ww = ww / top if top > 0 else ww  # weights up to 1: Σw no longer overflows
+        r = r * ww
+        den = float(ww.sum())
+    else:
+        den = float(len(y))
+    out = np.empty(c.size)
+    for j in range(c.size):
+        col = Xd[:, j]
+        big = float(np.max(np.abs(col)))
+        k = math.frexp(big)[1] if big > 0 else 0
+        a = float(np.sum(r * np.ldexp(col, -k))) / den  # |a| <= N: no overflow
+        lm, le = math.frexp(lam)
+        cm, ce = math.frexp(float(c[j]))
+        e = max(k, le + ce)
+        v = math.ldexp(a, k - e) + math.ldexp(lm * cm, le + ce - e)
+        try:
+            out[j] = math.ldexp(v, e)
+        except OverflowError:
+            out[j] = math.copysign(math.inf, v)
+    return out
 
 
 def _half_l2_penalty(lam: float, c: np.ndarray) -> float:

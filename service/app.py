@@ -9,10 +9,12 @@ from typing import Any
 
 import numba
 from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
@@ -101,13 +103,23 @@ def create_app_from_env() -> FastAPI:
     return create_app(Settings.from_env())
 
 
+_READINESS = {"type": "object", "required": ["status"], "properties": {
+    "status": {"type": "string", "enum": ["ready", "warming up", "failed", "draining"]},
+    "signatures": {"type": "integer", "description": "Kernel signatures compiled so far."},
+    "total": {"type": "integer", "description": "Signatures in all (while warming up)."},
+    "detail": {"type": "string", "description": "Why compilation failed."}}}
+
+
 def _add_operations(app: FastAPI, metrics: Metrics, readiness: Readiness) -> None:
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], summary="200 once every kernel signature is compiled",
-             responses={503: {"description": "Still compiling (or compilation failed), or shutting down."}})
+             response_class=JSONResponse,
+             responses={200: {"description": "Ready.", "content": {"application/json": {"schema": _READINESS}}},
+                        503: {"description": "Still compiling (or compilation failed), or shutting down.",
+                              "content": {"application/json": {"schema": _READINESS}}}})
     async def readyz() -> Response:
         if DRAINING.is_set():  # shutting down: take this process out of rotation
             return JSONResponse({"status": "draining"}, status_code=503)
@@ -157,6 +169,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OipError)
     async def oip_error(request: Request, exc: OipError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # routing's own 404/405: under /v2 in OIP's {"error"} shape like every other answer
+        # there (a model name that matches no route, e.g. an empty one, was {"detail"})
+        if request.url.path.startswith("/v2"):
+            return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
+                                status_code=exc.status_code, headers=exc.headers)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, exc: ClientDisconnect) -> Response:

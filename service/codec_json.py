@@ -122,15 +122,18 @@ def check_duplicates(raw: bytes | memoryview) -> None:
             doc = _parse(raw)
         except Exception:  # e.g. an integer beyond 64 bits, which orjson reads as a float
             doc = None
-    if doc is None:
-        _loads_stdlib(bytes(raw))
-        return
-    try:
-        found = _simd_repeat(doc, ())
-    finally:
-        doc = None  # the parser's document dies with it
-    if found:
-        raise DuplicateKey(*found)
+    if doc is not None:
+        try:
+            found = _simd_repeat(doc, ())
+        except KeyError:  # pysimdjson looks a key up as a C string: one holding "\u0000" is
+            found = False  # never found (a 500 before); the stdlib parser checks it instead
+        finally:
+            doc = None  # the parser's document dies with it
+        if found is not False:
+            if found:
+                raise DuplicateKey(*found)
+            return
+    _loads_stdlib(bytes(raw))
 
 
 def _simd_repeat(node: Any, path: tuple, numbers_checked: bool = False) -> tuple[tuple, str] | None:
@@ -271,7 +274,8 @@ def _decode_fast(body: bytes | memoryview, array_fields: frozenset[str]) -> tupl
                     out[key] = v.as_dict()
             elif fast:
                 out[key] = v
-    except (TypeError, ValueError, RuntimeError, OverflowError):
+    except (TypeError, ValueError, RuntimeError, OverflowError, KeyError):
+        # KeyError: a key holding "\u0000", which pysimdjson cannot look up
         return None, False  # not expected of a parsed document; the slow path decides
     finally:
         v = doc = None  # the parser's document dies with it

@@ -61,6 +61,26 @@ class InferResponse:
     outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
+_TENSOR_KEYS = ("name", "datatype", "shape", "parameters", "data")
+_OUTPUT_KEYS = ("name", "parameters")
+
+
+def _object_or_none(v: Any, where: str) -> dict:
+    """An optional JSON object: absent or null is empty; anything else (a list, 0, "")
+    is a 400 rather than read as empty."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise OipError(f"{where} must be an object, got {type(v).__name__}")
+    return v
+
+
+def _known_keys(obj: dict, keys: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in obj if k not in keys]
+    if unknown:
+        raise OipError(f"{where}: unknown field {unknown[0]!r} (expected {', '.join(keys)})")
+
+
 def _param_bool(params: dict, key: str, where: str) -> bool | None:
     v = params.get(key)
     if v is None or isinstance(v, bool):
@@ -106,9 +126,7 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
     rid = header.get("id")
     if rid is not None and not isinstance(rid, str):
         raise OipError("id must be a string")
-    params = header.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise OipError("parameters must be an object")
+    params = _object_or_none(header.get("parameters"), "parameters")
 
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -134,9 +152,8 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
         for j, o in enumerate(outputs):
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise OipError(f"outputs[{j}] must be an object with a name")
-            oparams = o.get("parameters") or {}
-            if not isinstance(oparams, dict):
-                raise OipError(f"outputs[{j}].parameters must be an object")
+            _known_keys(o, _OUTPUT_KEYS, f"outputs[{j}] ({o['name']!r})")
+            oparams = _object_or_none(o.get("parameters"), f"outputs[{j}].parameters")
             if any(o["name"] == a for a, _ in asked):
                 raise OipError(f"output {o['name']!r} is asked for twice")
             asked.append((o["name"], _param_bool(oparams, "binary_data", f"output {o['name']!r}")))
@@ -148,6 +165,7 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
     if not isinstance(t, dict) or not isinstance(t.get("name"), str):
         raise OipError(f"inputs[{i}] must be an object with a name")
     name = t["name"]
+    _known_keys(t, _TENSOR_KEYS, f"input {name!r}")
     if name not in allowed:
         raise OipError(f"unknown input tensor {name!r}; this model takes {', '.join(allowed)}")
     dtname = t.get("datatype")
@@ -161,9 +179,8 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
         raise OipError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
     count = math.prod(shape)
     dtype = DATATYPES[dtname]
-    tparams = t.get("parameters") or {}
-    if not isinstance(tparams, dict):
-        raise OipError(f"input {name!r}: parameters must be an object")
+    # other parameters (MLServer's content_type, ...) are the clients' own: ignored
+    tparams = _object_or_none(t.get("parameters"), f"input {name!r}: parameters")
     size = tparams.get("binary_data_size")
     if size is not None:
         if "data" in t:
@@ -188,8 +205,8 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
 
 
 def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.dtype, count: int) -> np.ndarray:
-    if not isinstance(data, list):
-        data = [data]
+    if not isinstance(data, list):  # the protocol's tensor data is an array, even of one value
+        raise OipError(f"input {name!r}: data must be a (flat or nested) list, got {type(data).__name__}")
     try:
         arr = np.array(data)
     except (ValueError, TypeError):

@@ -234,11 +234,15 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
     async def server_metadata() -> dict[str, Any]:
         return {"name": "lossd", "version": __version__, "extensions": ["binary_tensor_data"]}
 
-    @app.get("/v2/health/live", tags=tags, summary="200 while the process runs")
+    # empty bodies: documented without content (FastAPI would list an application/json one)
+    @app.get("/v2/health/live", tags=tags, summary="200 while the process runs", response_class=Response,
+             responses={200: {"description": "Live (empty body)."}})
     async def live() -> Response:
         return Response(status_code=200)
 
-    @app.get("/v2/health/ready", tags=tags, summary="200 once every kernel is compiled, else 400")
+    @app.get("/v2/health/ready", tags=tags, summary="200 once every kernel is compiled, else 400",
+             response_class=Response, responses={200: {"description": "Ready (empty body)."},
+                                                 400: {"description": "Not ready yet (empty body)."}})
     async def ready() -> Response:
         return Response(status_code=200 if readiness.ready.is_set() else 400)
 
@@ -253,7 +257,7 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
         return JSONResponse(_model(request.path_params["model_name"]).metadata())
 
     @app.get("/v2/models/{model_name}/ready", tags=tags, summary="200 once the model's kernels are compiled",
-             response_model=None, openapi_extra=_model_doc())
+             response_model=None, response_class=Response, openapi_extra=_model_doc())
     async def model_ready(request: Request) -> Response:
         _model(request.path_params["model_name"])
         return Response(status_code=200 if readiness.ready.is_set() else 400)

@@ -151,12 +151,14 @@ class GradResponse(LossResponse):
 
 
 class ParamsGrad(BaseModel):
-    coef: FiniteVector
-    intercept: float
+    # an l2·coef beyond the float range is ±inf: written as the strings, like every result
+    coef: Vector = Field(description="d(loss)/d(coef); \"Infinity\"/\"-Infinity\" beyond the float range.")
+    intercept: float = Field(description="d(loss)/d(intercept), in [-1, 1].")
 
 
 class ParamsGradResponse(BaseModel):
-    loss: float = Field(description="Mean logistic loss (+ the l2 term).")
+    loss: Number = Field(description="Mean logistic loss (+ the l2 term; \"Infinity\" when that is "
+                         "beyond the float range).")
     grad: ParamsGrad
 
 

@@ -13,6 +13,23 @@ Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16
                    "FP32", "FP64"]
 # OIP parameters are scalars; lists (quantiles, accepted datatypes) are comma-separated
 Parameters = dict[str, str | int | float | bool]
+# a request's options may also be a list (quantiles, pos_weight) or null (the default),
+# as in the JSON API
+RequestParameters = dict[str, str | int | float | bool | list[float] | None]
+
+
+class TensorParameters(BaseModel):
+    # other parameters (e.g. MLServer's content_type) are allowed and ignored
+    model_config = ConfigDict(extra="allow")
+
+    binary_data_size: int | None = Field(None, ge=0, description="The tensor's bytes after the JSON "
+                                         "header, row-major, little-endian (binary tensor data extension).")
+
+
+class OutputParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    binary_data: bool | None = Field(None, description="true: the output as raw bytes after the JSON header.")
 
 
 class RequestInput(BaseModel):
@@ -25,8 +42,7 @@ class RequestInput(BaseModel):
                       "wrt = params: features, labels, coef, intercept, sample_weight.")
     datatype: Datatype = Field(description="FP32 or FP64; labels also INT8…INT64, UINT8…UINT64, BOOL.")
     shape: list[int] = Field(description="N or N×K (features N×D; coef D; intercept 1).")
-    parameters: Parameters | None = Field(None, description="binary_data_size: the tensor's bytes "
-                                          "after the JSON header, row-major, little-endian.")
+    parameters: TensorParameters | None = None
     data: list | None = Field(None, description="Row-major values, flat or nested; ±inf as the "
                               "strings \"Infinity\"/\"-Infinity\". Absent for a binary tensor.")
 
@@ -36,7 +52,7 @@ class RequestOutput(BaseModel):
 
     name: str = Field(description="loss, losses, grad, coef_grad, intercept_grad, count, sum, mean, "
                       "std, min, max, or a pNN quantile.")
-    parameters: Parameters | None = Field(None, description="binary_data: true for raw bytes.")
+    parameters: OutputParameters | None = None
 
 
 class InferenceRequest(BaseModel):
@@ -48,7 +64,7 @@ class InferenceRequest(BaseModel):
         "parameters": {"reduction": "none", "quantiles": "0.5,0.99"}}]})
 
     id: str | None = Field(None, description="Echoed in the response.")
-    parameters: Parameters | None = Field(None, description="The options, named as the JSON API's "
+    parameters: RequestParameters | None = Field(None, description="The options, named as the JSON API's "
                                           "fields (input, loss, reduction, pos_weight, label_smoothing, "
                                           "eps, gamma, alpha, quantiles as \"0.5,0.99\", dtype, wrt, "
                                           "intercept, l2), and binary_data_output.")

@@ -7,6 +7,7 @@ their own timeouts.
 
 import pytest
 
+import profiles  # noqa: F401  (loads the hypothesis profile before any test module)
 from lossd import kernels
 
 

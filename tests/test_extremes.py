@@ -21,7 +21,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from lossd import kernels
@@ -29,12 +29,12 @@ from lossd.kernels import api
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reference.py, any import mode
 import test_numerics as TN  # noqa: E402  (a module object: its tests are not collected twice)
+from profiles import examples  # noqa: E402
 from reference import element, elements, to_f64, ulp_diff  # noqa: E402
 
 INF = math.inf
 TINY = 2.2250738585072014e-308
-PROPS = settings(max_examples=60, deadline=None, derandomize=True,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPS = examples(60)  # the hypothesis profile decides how many more (tests/profiles.py)
 
 # --------------------------------------------------------------------------- soft labels
 

@@ -12,39 +12,33 @@
 
 The app runs in this process (FastAPI TestClient) so that hundreds of requests stay
 fast; tests/test_dtype_paths.py runs fixed cases against a real server. Examples are
-bounded and derandomized: the same ones every run, within a few seconds.
+bounded and derandomized under the default hypothesis profile (tests/profiles.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from lossd import kernels
 from lossd.service import Settings, codec_json, create_app
 from lossd.service.routes_json import _ARRAY_FIELDS
 
+from profiles import examples
 from service_helpers import assert_oip_result, assert_same, jsonable, oip_frame, oip_outputs, strict_json
 
 with warnings.catch_warnings():  # starlette's note about httpx at import
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-BOUNDED = settings(deadline=None, derandomize=True, database=None,
-                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-def bounded(examples: int) -> settings:
-    scale = float(os.environ.get("LOSSD_TEST_EXAMPLES_SCALE", "1"))  # > 1 to explore longer by hand
-    return settings(BOUNDED, max_examples=max(1, int(examples * scale)), derandomize=scale == 1)
+bounded = examples  # n examples under the ci profile, more under long (tests/profiles.py)
 F32_MAX = float(np.finfo(np.float32).max)
 
 
