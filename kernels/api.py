@@ -777,7 +777,8 @@ def _coef_grad_scaled(X: np.ndarray, y: np.ndarray, c: np.ndarray, b0: float, w,
     Xd = X.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         z = Xd @ c + b0
-    r = np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z)))) - y
+    t = np.exp(-np.abs(z))
+    r = np.where(z >= 0, 1.0 / (1.0 + t), t / (1.0 + t)) - y
     if w.w.size:
         ww = np.asarray(w.w, dtype=np.float64)
         top = float(ww.max())
@@ -787,12 +788,12 @@ def _coef_grad_scaled(X: np.ndarray, y: np.ndarray, c: np.ndarray, b0: float, w,
     else:
         den = float(len(y))
     out = np.empty(c.size)
+    lm, le = math.frexp(lam)
     for j in range(c.size):
         col = Xd[:, j]
         big = float(np.max(np.abs(col)))
         k = math.frexp(big)[1] if big > 0 else 0
         a = float(np.sum(r * np.ldexp(col, -k))) / den  # |a| <= N: no overflow
-        lm, le = math.frexp(lam)
         cm, ce = math.frexp(float(c[j]))
         e = max(k, le + ce)
         v = math.ldexp(a, k - e) + math.ldexp(lm * cm, le + ce - e)

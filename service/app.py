@@ -106,8 +106,7 @@ def create_app_from_env() -> FastAPI:
 _READINESS = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": ["ready", "warming up", "failed", "draining"]},
     "signatures": {"type": "integer", "description": "Kernel signatures compiled so far."},
-    "total": {"type": "integer", "description": "Signatures in all (while warming up)."},
-    "detail": {"type": "string", "description": "Why compilation failed."}}}
+    "total": {"type": "integer", "description": "Signatures in all (while warming up)."}}}
 
 
 def _add_operations(app: FastAPI, metrics: Metrics, readiness: Readiness) -> None:

@@ -23,7 +23,6 @@ kernel threads (and the error is logged). Exceptions cross back as plain data
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import signal
@@ -178,9 +177,6 @@ class LargeLane:
 
     def _call(self, fn: Callable[..., Any], body: bytes | memoryview, args: tuple) -> Any:
         return _unwrap(*self._roundtrip(fn, body, args))
-
-    async def run(self, fn: Callable[..., Any], body: bytes | memoryview, *args: Any) -> Any:
-        return await asyncio.wrap_future(self.submit(fn, body, *args))
 
     def kill(self) -> None:
         """Stop the lane now, whatever it computes (the call in progress ends with

@@ -195,7 +195,7 @@ class WarmupProgress:
             log.info("warm-up: compiling %d kernel signatures into the Numba cache (a first start only; "
                      "later starts load them in about a second); /readyz answers 503 until then", total)
             self.reported = True
-        left = (now - self.start) / done * (total - done) if done else float("nan")
+        left = (now - self.start) / done * (total - done)  # done >= 1: warmup reports after a step
         log.info("warm-up: %d of %d kernel signatures ready, about %s left", done, total, _duration(left))
 
     def finish(self, total: int) -> None:
@@ -204,8 +204,6 @@ class WarmupProgress:
 
 
 def _duration(seconds: float) -> str:
-    if seconds != seconds:
-        return "an unknown time"
     if seconds < 10:
         return f"{max(seconds, 0.0):.1f}s"
     seconds = round(seconds)
