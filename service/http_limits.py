@@ -43,11 +43,12 @@ BODY_GRACE = 1.0  # s after LOSSD_BODY_TIMEOUT: the application's own 408 goes f
 
 @dataclass(frozen=True)
 class HttpLimits:
-    max_header_bytes: int = 16 * 1024
-    max_header_fields: int = 100
-    max_connections: int = 1000
-    header_timeout: float = 10.0
-    body_timeout: float = 60.0
+    """The protocol's limits, from ``Settings`` (which holds their defaults)."""
+    max_header_bytes: int
+    max_header_fields: int
+    max_connections: int
+    header_timeout: float
+    body_timeout: float
 
 
 def protocol(limits: HttpLimits) -> functools.partial:
