@@ -17,6 +17,7 @@ from . import _elements as E
 from . import _drivers as D
 from . import _math as M
 from ._pool import OutputPool
+from .errors import InputError, KernelError, index_text
 
 INPUTS = ("logits", "probabilities", "margins")
 LOSSES = ("cross_entropy", "focal", "hinge", "squared_hinge", "modified_huber",
@@ -76,7 +77,7 @@ def set_threads(n: int | None) -> None:
     mask). Numba's setting is per calling thread, so it is applied at every call."""
     global _threads
     if n is not None and not (1 <= int(n) <= numba.config.NUMBA_NUM_THREADS):
-        raise ValueError(f"threads must be in [1, {numba.config.NUMBA_NUM_THREADS}], got {n}")
+        raise InputError("threads", f"must be in [1, {numba.config.NUMBA_NUM_THREADS}], got {n}")
     _threads = None if n is None else int(n)
 
 
@@ -91,7 +92,7 @@ def set_output_pool(max_bytes: int) -> None:
     costs ``grad`` at n = 10^7 about a third of its time."""
     size = int(max_bytes)
     if size < 0:
-        raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        raise InputError("max_bytes", f"must be >= 0, got {max_bytes}")
     _output_pool.max_bytes = size
     if size == 0:
         _output_pool.clear()
@@ -248,27 +249,28 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _index(flat: int, shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(flat, shape)) + "]"
+def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(flat, shape))
 
 
 def _choice(name: str, value, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} = {value!r} is not one of {', '.join(map(repr, allowed))}")
+        raise InputError(name, f"= {value!r} is not one of {', '.join(map(repr, allowed))}")
     return value
 
 
-def _number(name: str, value, lo: float, hi: float, lo_open=False, hi_open=False) -> float:
+def _number(name: str, value, lo: float, hi: float, lo_open=False, hi_open=False,
+            index: tuple[int, ...] = ()) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} = {value!r} is not a number") from None
+        raise InputError(name, f"= {value!r} is not a number", index) from None
     if v != v:
-        raise ValueError(f"{name} is NaN")
+        raise InputError(name, "is NaN", index)
     if (v < lo or (lo_open and v == lo)) or (v > hi or (hi_open and v == hi)):
         lb = "(" if lo_open else "["
         rb = ")" if hi_open else "]"
-        raise ValueError(f"{name} = {_fmt(v)} is outside {lb}{_fmt(lo)}, {_fmt(hi)}{rb}")
+        raise InputError(name, f"= {_fmt(v)} is outside {lb}{_fmt(lo)}, {_fmt(hi)}{rb}", index)
     return v
 
 
@@ -278,23 +280,23 @@ def _as_array(name: str, a) -> np.ndarray:
     try:
         arr = np.asarray(a)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} is not an array of numbers: {exc}") from None
+        raise InputError(name, f"is not an array of numbers: {exc}") from None
     if arr.dtype.kind not in "fiub":
-        raise ValueError(f"{name} must hold numbers, got dtype {arr.dtype}")
+        raise InputError(name, f"must hold numbers, got dtype {arr.dtype}")
     return arr
 
 
 def _shapes(pred: np.ndarray, lab: np.ndarray) -> None:
     if pred.ndim not in (1, 2):
-        raise ValueError(f"predictions must be 1-D (N) or 2-D (N×K), got {pred.ndim}-D shape {pred.shape}")
+        raise InputError("predictions", f"must be 1-D (N) or 2-D (N×K), got {pred.ndim}-D shape {pred.shape}")
     if lab.ndim != pred.ndim:
-        raise ValueError(f"predictions is {pred.ndim}-D {pred.shape}, labels {lab.ndim}-D {lab.shape}")
+        raise InputError("predictions", f"is {pred.ndim}-D {pred.shape}, labels {lab.ndim}-D {lab.shape}")
     if pred.shape[0] != lab.shape[0]:
-        raise ValueError(f"predictions has {pred.shape[0]} rows, labels {lab.shape[0]}")
+        raise InputError("predictions", f"has {pred.shape[0]} rows, labels {lab.shape[0]}")
     if pred.ndim == 2 and pred.shape[1] != lab.shape[1]:
-        raise ValueError(f"predictions has {pred.shape[1]} columns, labels {lab.shape[1]}")
+        raise InputError("predictions", f"has {pred.shape[1]} columns, labels {lab.shape[1]}")
     if pred.size == 0:
-        raise ValueError(f"predictions is empty (shape {pred.shape}); N >= 1 is required")
+        raise InputError("predictions", f"is empty (shape {pred.shape}); N >= 1 is required")
 
 
 _F64 = np.dtype(np.float64)  # dtype objects of the builtin types are singletons
@@ -335,7 +337,7 @@ def _weights(sample_weight, n_rows: int, normalize: bool) -> _Weights:
         return _NO_WEIGHTS
     w = _as_array("sample_weight", sample_weight)
     if w.ndim != 1 or w.shape[0] != n_rows:
-        raise ValueError(f"sample_weight must have one weight per row ({n_rows}), got shape {w.shape}")
+        raise InputError("sample_weight", f"must have one weight per row ({n_rows}), got shape {w.shape}")
     w = np.ascontiguousarray(w, dtype=np.float64)
     if not w.flags.aligned:  # the compiled code takes aligned arrays
         w = w.copy()
@@ -345,7 +347,7 @@ def _weights(sample_weight, n_rows: int, normalize: bool) -> _Weights:
         ok = np.isfinite(w) & (w >= 0.0)
         i = int(np.flatnonzero(~ok)[0])
         what = "is NaN" if w[i] != w[i] else f"= {_fmt(w[i])} is not a finite weight >= 0"
-        raise ValueError(f"sample_weight[{i}] {what}")
+        raise InputError("sample_weight", what, (i,))
     return _Weights(w, wscale, total, total_lo)
 
 
@@ -354,12 +356,12 @@ def _pos_weight_columns(pos_weight, k: int) -> np.ndarray:
     if pw.ndim == 0:
         pw = np.full(k, float(pw))
     if pw.ndim != 1 or pw.shape[0] != k:
-        raise ValueError(f"pos_weight must be a scalar or one weight per column ({k}), got shape {pw.shape}")
+        raise InputError("pos_weight", f"must be a scalar or one weight per column ({k}), got shape {pw.shape}")
     ok = np.isfinite(pw) & (pw >= 0.0)
     if not ok.all():
         i = int(np.flatnonzero(~ok)[0])
         what = "is NaN" if pw[i] != pw[i] else f"= {_fmt(pw[i])} is not a finite weight >= 0"
-        raise ValueError(f"pos_weight[{i}] {what}")
+        raise InputError("pos_weight", what, (i,))
     return pw
 
 
@@ -371,28 +373,28 @@ def _quantile_key(q: float) -> str:
 
 def _quantile_values(quantiles) -> tuple[float, ...]:
     """``quantiles`` as a tuple of q in [0, 1]: a number, or any iterable of numbers
-    (a list, a tuple, an array, a generator); anything else is a ValueError naming
+    (a list, a tuple, an array, a generator); anything else is an InputError naming
     the argument (a string is not a sequence of quantiles here)."""
     if quantiles is None:
         return ()
     if isinstance(quantiles, (str, bytes, dict)) or isinstance(quantiles, (bool, np.bool_)):
-        raise ValueError(f"quantiles must be a number in [0, 1] or a sequence of them, got "
+        raise InputError("quantiles", "must be a number in [0, 1] or a sequence of them, got "
                          f"{type(quantiles).__name__} {quantiles!r:.40}")
     if isinstance(quantiles, (int, float, np.number)) or (isinstance(quantiles, np.ndarray)
                                                            and quantiles.ndim == 0):
         return (_number("quantiles", quantiles, 0.0, 1.0),)
     if isinstance(quantiles, np.ndarray) and quantiles.ndim > 1:
-        raise ValueError(f"quantiles must be a number or a 1-D sequence, got shape {quantiles.shape}")
+        raise InputError("quantiles", f"must be a number or a 1-D sequence, got shape {quantiles.shape}")
     try:
         items = list(quantiles)
     except TypeError:
-        raise ValueError(f"quantiles must be a number in [0, 1] or a sequence of them, got "
+        raise InputError("quantiles", "must be a number in [0, 1] or a sequence of them, got "
                          f"{type(quantiles).__name__}") from None
     out = []
     for i, q in enumerate(items):
         if isinstance(q, (str, bytes, bool, np.bool_)) or not isinstance(q, (int, float, np.number)):
-            raise ValueError(f"quantiles[{i}] = {q!r:.40} is not a number")
-        out.append(_number(f"quantiles[{i}]", q, 0.0, 1.0))
+            raise InputError("quantiles", f"= {q!r:.40} is not a number", (i,))
+        out.append(_number("quantiles", q, 0.0, 1.0, index=(i,)))
     return tuple(out)
 
 
@@ -428,21 +430,21 @@ def _options(input, loss, reduction, label_smoothing, eps, gamma, alpha) -> tupl
     _choice("loss", loss, LOSSES)
     _choice("reduction", reduction, REDUCTIONS)
     if input == "probabilities" and loss not in _SOFT_LOSSES:
-        raise ValueError(f'loss = {loss!r} does not accept input = "probabilities" '
+        raise InputError("loss", f'= {loss!r} does not accept input = "probabilities" '
                          f"(only cross_entropy, focal and squared_error do)")
     ls = _number("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
     if ls != 0.0 and (loss not in _SOFT_LOSSES or input == "margins"):
-        raise ValueError("label_smoothing applies to cross_entropy, focal and squared_error "
+        raise InputError("label_smoothing", "applies to cross_entropy, focal and squared_error "
                          'with input "logits" or "probabilities"')
     g = _number("gamma", gamma, 0.0, np.inf, hi_open=True)
     a = -1.0 if alpha is None else _number("alpha", alpha, 0.0, 1.0)
     lo, hi = 0.0, 1.0
     if eps is not None:
         if input != "probabilities" or loss not in ("cross_entropy", "focal"):
-            raise ValueError('eps applies to input = "probabilities" with cross_entropy or focal only')
+            raise InputError("eps", 'applies to input = "probabilities" with cross_entropy or focal only')
         e = _number("eps", eps, 0.0, 0.5, hi_open=True)
         if e < EPS_MIN:
-            raise ValueError(f"eps = {_fmt(e)} is below 2^-53 = {EPS_MIN!r}: 1 - eps would round "
+            raise InputError("eps", f"= {_fmt(e)} is below 2^-53 = {EPS_MIN!r}: 1 - eps would round "
                              "to 1 and clip nothing near 1")
         lo, hi = e, 1.0 - e
 
@@ -491,7 +493,7 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
 
     w = _weights(sample_weight, n_rows, reduction == "mean")
     if reduction == "mean" and w.w.size and not w.total > 0.0:
-        raise ValueError('sample_weight sums to 0: reduction = "mean" is undefined')
+        raise InputError("sample_weight", 'sums to 0: reduction = "mean" is undefined')
 
     rows_per_block = max(1, BLOCK // k)
     if pos_weight is None:
@@ -501,14 +503,14 @@ def _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight
             pwt = _ONES if k * rows_per_block == BLOCK else np.ones(k * rows_per_block)
     else:
         if loss != "cross_entropy":
-            raise ValueError(f"pos_weight applies to cross_entropy only, not {loss!r}")
+            raise InputError("pos_weight", f"applies to cross_entropy only, not {loss!r}")
         pwt = np.tile(_pos_weight_columns(pos_weight, k), rows_per_block)
         kind = E.CE_LOGITS if kind == E.CE_LOGITS_PLAIN else kind
     return _Plan(kind, pred, lab, w, pwt, k, prm, reduction, qs, input)
 
 
-def _first_bad(plan: _Plan) -> str | None:
-    """The message for the first invalid element (only run once the kernel saw one);
+def _first_bad(plan: _Plan) -> InputError | None:
+    """The error for the first invalid element (only run once the kernel saw one);
     None if there is none (then the kernel's NaN came from valid input: a bug)."""
     p = plan.pred.ravel()
     if plan.kind in E.PROB_KINDS:
@@ -519,8 +521,8 @@ def _first_bad(plan: _Plan) -> str | None:
         i = int(np.flatnonzero(badp)[0])
         where = _index(i, plan.pred.shape)
         if p[i] != p[i]:
-            return f"predictions{where} is NaN"
-        return f'predictions{where} = {_fmt(p[i])} is outside [0, 1] (input = "probabilities")'
+            return InputError("predictions", "is NaN", where)
+        return InputError("predictions", f'= {_fmt(p[i])} is outside [0, 1] (input = "probabilities")', where)
     y = plan.lab.ravel()
     la, lb, discrete = plan.prm[D.P_LA], plan.prm[D.P_LB], plan.prm[D.P_DISCRETE] != 0
     y01 = y * la + lb
@@ -532,12 +534,12 @@ def _first_bad(plan: _Plan) -> str | None:
     i = int(np.flatnonzero(bady)[0])
     where = _index(i, plan.lab.shape)
     if y[i] != y[i]:
-        return f"labels{where} is NaN"
+        return InputError("labels", "is NaN", where)
     if plan.input == "margins":
-        return f"labels{where} = {_fmt(y[i])} is not in {{-1, 1}}"
+        return InputError("labels", f"= {_fmt(y[i])} is not in {{-1, 1}}", where)
     if discrete:
-        return f"labels{where} = {_fmt(y[i])} is not in {{0, 1}}"
-    return f"labels{where} = {_fmt(y[i])} is outside [0, 1]"
+        return InputError("labels", f"= {_fmt(y[i])} is not in {{0, 1}}", where)
+    return InputError("labels", f"= {_fmt(y[i])} is outside [0, 1]", where)
 
 
 def _single_block(table: np.ndarray) -> list:
@@ -545,10 +547,6 @@ def _single_block(table: np.ndarray) -> list:
     one-row table, without a compiled call (every serial call without pos_weight is one
     block, and a block finishes its own sums and means)."""
     return table[0, :D.S_SUM_LO].tolist()
-
-
-class KernelError(ArithmeticError):
-    """A kernel produced NaN from valid input: a bug, never reported as a result."""
 
 
 def _stats(merged, losses_for_quantiles: np.ndarray | None, quantiles) -> dict[str, float]:
@@ -605,9 +603,9 @@ def _run(plan: _Plan, grad: bool):
             block(*args, table, b, b * plan.pwt.size, min(n, (b + 1) * plan.pwt.size))
     merged = D.merge_blocks(table, wden_hi, wden_lo) if nb > 1 else _single_block(table)
     if merged[8] or merged[9]:
-        msg = _first_bad(plan) if merged[8] else None
-        if msg is not None:
-            raise ValueError(msg)
+        bad = _first_bad(plan) if merged[8] else None
+        if bad is not None:
+            raise bad
         raise KernelError(f"NaN {'gradient' if merged[9] and grad else 'loss'} from valid input "
                           f"(kind {plan.kind}, n = {n}): a lossd bug, no result is returned")
     stats = _stats(merged, out if plan.quantiles else None, plan.quantiles)
@@ -668,7 +666,7 @@ def grad(predictions, labels, *, input: str = "logits", loss: str = "cross_entro
 def _as_float32(dtype, predictions, labels, sample_weight) -> tuple:
     """The arrays as float32 values for ``dtype="float32"`` (the service's JSON numbers
     and FP64 tensors get the same rounding, so every transport gives the same bits): a
-    finite value beyond the float32 range is a ValueError naming array and index, not an
+    finite value beyond the float32 range is an InputError naming array and index, not an
     infinity that would change the loss unseen."""
     _choice("dtype", dtype, DTYPES_OUT)
     return (_to_float32("predictions", predictions), _to_float32("labels", labels),
@@ -681,8 +679,8 @@ def _to_float32(name: str, a) -> np.ndarray:
         return arr
     narrow, i = float32_values(arr if arr.dtype.kind == "f" else arr.astype(np.float64))
     if i is not None:
-        raise ValueError(f'{name}{_index(i, arr.shape)} = {_fmt(arr.reshape(-1)[i])} is beyond the '
-                         'float32 range (dtype = "float32")')
+        raise InputError(name, f'= {_fmt(arr.reshape(-1)[i])} is beyond the float32 range (dtype = "float32")',
+                         _index(i, arr.shape))
     return narrow
 
 
@@ -719,29 +717,29 @@ def logreg_grad(features, labels, coef, intercept: float = 0.0, *, sample_weight
     """
     X = _as_array("features", features)
     if X.ndim != 2:
-        raise ValueError(f"features must be 2-D (N×D), got {X.ndim}-D shape {X.shape}")
+        raise InputError("features", f"must be 2-D (N×D), got {X.ndim}-D shape {X.shape}")
     n, d = X.shape
     if n == 0 or d == 0:
-        raise ValueError(f"features is empty (shape {X.shape}); N >= 1 and D >= 1 are required")
+        raise InputError("features", f"is empty (shape {X.shape}); N >= 1 and D >= 1 are required")
     y = _as_array("labels", labels)
     if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D (N), got {y.ndim}-D shape {y.shape}")
+        raise InputError("labels", f"must be 1-D (N), got {y.ndim}-D shape {y.shape}")
     if y.shape[0] != n:
-        raise ValueError(f"features has {n} rows, labels {y.shape[0]}")
+        raise InputError("features", f"has {n} rows, labels {y.shape[0]}")
     c = _as_array("coef", coef)
     if c.ndim != 1 or c.shape[0] != d:
-        raise ValueError(f"coef must have one value per feature column ({d}), got shape {c.shape}")
+        raise InputError("coef", f"must have one value per feature column ({d}), got shape {c.shape}")
     c = np.ascontiguousarray(c, dtype=np.float64)
     if not np.isfinite(c).all():
         i = int(np.flatnonzero(~np.isfinite(c))[0])
-        raise ValueError(f"coef[{i}] is NaN" if c[i] != c[i] else f"coef[{i}] = {_fmt(c[i])} is not finite")
+        raise InputError("coef", "is NaN" if c[i] != c[i] else f"= {_fmt(c[i])} is not finite", (i,))
     b0 = _number("intercept", intercept, -np.inf, np.inf, lo_open=True, hi_open=True)
     lam = _number("l2", l2, 0.0, np.inf, hi_open=True)
     X = np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
     w = _weights(sample_weight, n, True)
     if w.w.size and not w.total > 0.0:
-        raise ValueError("sample_weight sums to 0: the mean loss is undefined")
+        raise InputError("sample_weight", "sums to 0: the mean loss is undefined")
 
     nb = (n + LOGREG_ROWS - 1) // LOGREG_ROWS
     gpart = np.empty((nb, d))
@@ -756,7 +754,7 @@ def logreg_grad(features, labels, coef, intercept: float = 0.0, *, sample_weight
             block(X, y, c, b0, w.w, w.wscale, gpart, spart, b, b * LOGREG_ROWS,
                   min(n, (b + 1) * LOGREG_ROWS))
     if spart[:, 3].sum() > 0:
-        raise ValueError(_first_bad_logreg(X, y, c, b0))
+        raise _first_bad_logreg(X, y, c, b0)
     if spart[:, 4].sum() > 0:
         raise KernelError(f"NaN from valid input in logreg_grad (N = {n}, D = {d}): a lossd bug")
     den, den_lo = (w.total, w.total_lo) if w.w.size else (float(n), 0.0)
@@ -820,15 +818,15 @@ def _half_l2_penalty(lam: float, c: np.ndarray) -> float:
         return math.inf
 
 
-def _first_bad_logreg(X: np.ndarray, y: np.ndarray, c: np.ndarray, b0: float) -> str:
+def _first_bad_logreg(X: np.ndarray, y: np.ndarray, c: np.ndarray, b0: float) -> InputError:
     bady = (y != 0.0) & (y != 1.0)
     if bady.any():
         i = int(np.flatnonzero(bady)[0])
-        return f"labels[{i}] is NaN" if y[i] != y[i] else f"labels[{i}] = {_fmt(y[i])} is not in {{0, 1}}"
+        return InputError("labels", "is NaN" if y[i] != y[i] else f"= {_fmt(y[i])} is not in {{0, 1}}", (i,))
     badx = ~np.isfinite(X)
     if badx.any():
         i = int(np.flatnonzero(badx.ravel())[0])
         v = X.ravel()[i]
         what = "is NaN" if v != v else f"= {_fmt(v)} is not finite"
-        return f"features{_index(i, X.shape)} {what}"
-    return f"features · coef + intercept is NaN (intercept = {_fmt(b0)}): the products overflow"
+        return InputError("features", what, _index(i, X.shape))
+    return InputError("features", f"· coef + intercept is NaN (intercept = {_fmt(b0)}): the products overflow")

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from lossd import kernels
+from lossd.kernels.errors import InputError
 
 from .codec_json import to_array
 from .errors import RequestError
@@ -55,7 +56,7 @@ def _array(name: str, v: Any, max_elements: int | None) -> np.ndarray:
 def _call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
-    except ValueError as exc:
+    except InputError as exc:
         raise RequestError.from_kernel(exc) from None
 
 

@@ -8,10 +8,11 @@ Other statuses carry ``{"detail": "<message>"}``.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import ValidationError
+
+from lossd.kernels.errors import InputError
 
 
 class ApiError(Exception):
@@ -71,21 +72,10 @@ class RequestError(ApiError):
         return cls([{"type": e["type"], "loc": ["body", *loc], "msg": msg}])
 
     @classmethod
-    def from_kernel(cls, exc: ValueError, rename: dict[str, str] | None = None) -> "RequestError":
-        """The kernels' ValueError messages start with the argument and its index
-        (``labels[17] = 2 is not in {0, 1}``); ``loc`` is read back from that prefix."""
-        msg = str(exc)
-        m = _LEADING_FIELD.match(msg)
-        loc: list[Any] = []
-        if m:
-            name = m.group(1)
-            if rename and name in rename:
-                msg = rename[name] + msg[len(name):]
-                name = rename[name]
-            loc.append(name)
-            if m.group(2):
-                loc.extend(int(i) for i in m.group(2).split(","))
-        return cls([{"type": "value_error", "loc": ["body", *loc], "msg": msg}])
+    def from_kernel(cls, exc: InputError) -> "RequestError":
+        """``loc`` is the argument and the index the kernels' error carries."""
+        loc = [] if exc.argument is None else [exc.argument, *exc.index]
+        return cls([{"type": "value_error", "loc": ["body", *loc], "msg": str(exc)}])
 
 
 # what each error type of a union's branch asks for, to name them all in one message
@@ -113,9 +103,6 @@ def _union_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
     if None in wants:
         return clean[0]
     return {**clean[0], "msg": "Input should be " + " or ".join(dict.fromkeys(wants))}
-
-
-_LEADING_FIELD = re.compile(r"^([a-z_][a-z0-9_]*)(?:\[(\d+(?:,\s*\d+)*)\])?")
 
 
 def _dotted(loc: list) -> str:
