@@ -21,10 +21,10 @@ from .errors import KernelError
 from .results import GradResult, LossResult
 
 # Kept importable from here: service/codec_oip.py, tests and older callers use these.
-from ._checks import float32_values  # noqa: F401,E402
-from ._plan import INPUTS, LOSSES, REDUCTIONS  # noqa: F401,E402
-from .logreg import logreg_grad  # noqa: F401,E402
-from .results import ParamGrad  # noqa: F401,E402
+from ._checks import float32_values  # noqa: F401
+from ._plan import INPUTS, LOSSES, REDUCTIONS  # noqa: F401
+from .logreg import logreg_grad  # noqa: F401
+from .results import ParamGrad  # noqa: F401
 
 _NO_OUTPUT = np.empty(0, dtype=np.float64)  # size 0: the kernels never write it
 
