@@ -5,8 +5,13 @@ Pure Numba/NumPy; no web imports. See the README for the loss forms and options.
 
 from . import _config  # noqa: F401  (threading layer, cache dir: before any compile)
 from .errors import InputError, KernelError
-from .api import (GradResult, LossResult, ParamGrad, grad, logreg_grad, loss, output_pool_stats,
-                  set_output_pool, set_threads, warmup)
+from .results import GradResult, LossResult, ParamGrad
+from .runtime import output_pool_stats, set_output_pool, set_threads
+from ._compile import warmup
+from .api import grad, loss
+from .logreg import logreg_grad
+from .losses import binary_cross_entropy, logistic_loss, sigmoid_binary_cross_entropy, sigmoid_focal_loss
 
 __all__ = ["loss", "grad", "logreg_grad", "LossResult", "GradResult", "ParamGrad", "set_threads",
-           "set_output_pool", "output_pool_stats", "warmup", "InputError", "KernelError"]
+           "set_output_pool", "output_pool_stats", "warmup", "InputError", "KernelError",
+           "sigmoid_binary_cross_entropy", "binary_cross_entropy", "logistic_loss", "sigmoid_focal_loss"]

@@ -83,6 +83,96 @@ P_LA, P_LB, P_KEEP, P_HALF, P_DISCRETE, P_GAMMA, P_ALPHA, P_LO, P_HI = range(9)
 N_PARAMS = 9
 
 
+# The named steps of a block, inlined into it at Numba-IR level (as the element
+# functions are): they take the block's fast-math flags and compile to the same code
+# as when they were written out in it.
+_step = dict(inline="always", nogil=True, error_model="numpy")
+
+
+@njit(**_step)
+def _exp_neg_abs_prefetched(s, y, sv, buf, i0, m):
+    """buf[j] = e^-|s_j| for the block's m elements, in a loop of its own: with exp and
+    log1p in one loop body the dependency chain per element is too long for the
+    out-of-order window (~30% slower). In chunks, each preceded by prefetches of s
+    and y PF_AHEAD elements on."""
+    for c in range(0, m, PF_CHUNK):
+        for q in range(i0 + c + PF_AHEAD, i0 + c + PF_AHEAD + PF_CHUNK, PF_STEP):
+            prefetch(s, q)
+            prefetch(y, q)
+        sc = sv[c:c + PF_CHUNK]  # views: indices from 0 need no wraparound checks
+        tc = buf[c:c + PF_CHUNK]
+        for j in range(sc.size):
+            tc[j] = M.exp_neg(-abs(np.float64(sc[j])))
+
+
+@njit(**_step)
+def _min_max(buf, m):
+    """The smallest and largest loss of buf[:m], compared as bit patterns: every loss
+    is >= 0 (abs maps -0.0 to 0), where the int64 order is the float order, and
+    integer min/max reductions vectorise (float ones do not without `nnan`). NaN bits
+    are above inf's: a NaN loss makes the maximum NaN."""
+    bmin = INF_BITS
+    bmax = 0
+    for j in range(m):
+        lbits = M.f64_bits(buf[j]) & ABS_MASK
+        bmin = lbits if lbits < bmin else bmin
+        bmax = lbits if lbits > bmax else bmax
+    return M.bits_f64(bmin), M.bits_f64(bmax)
+
+
+@njit(**_step)
+def _sum_sq_dev(buf, m, mean):
+    """Σ (l - mean)², the second pass of the two-pass M2."""
+    m2 = 0.0
+    for j in range(m):
+        d = buf[j] - mean
+        m2 += d * d
+    return m2
+
+
+@njit(**_step)
+def _weighted_sum(buf, w, wscale, k, i0, i1, m):
+    """Σ w·l over the block as Dot2: the rounded products summed by dd_sum, their
+    exact errors (TwoProduct) summed plainly; a zero weight removes its element, an
+    infinite loss too. Returns the double-double (hi, lo)."""
+    wl = np.empty(m)
+    pe = np.empty(m)
+    if k == 1:
+        wv = w[i0:i1]
+        for j in range(m):
+            wj = wv[j] * wscale
+            prod, err = M.two_prod(wj, buf[j])
+            wl[j] = 0.0 if wj == 0.0 else prod
+            pe[j] = 0.0 if wj == 0.0 else err
+    else:
+        for r in range(i0 // k, (i1 + k - 1) // k):
+            wr = w[r] * wscale
+            for c in range(r * k - i0, r * k - i0 + k):
+                prod, err = M.two_prod(wr, buf[c])
+                wl[c] = 0.0 if wr == 0.0 else prod
+                pe[c] = 0.0 if wr == 0.0 else err
+    wsum, wsum_lo = S.dd_sum(wl, 1.0, 0, m)
+    esum = 0.0
+    for j in range(m):
+        esum += pe[j]
+    return wsum, (wsum_lo + esum if abs(wsum) < np.inf else 0.0)
+
+
+@njit(**_step)
+def _weight_gradients(gv, w, wscale, k, i0, i1, m):
+    """Each gradient times its row's weight (a zero weight gives 0, even beside inf)."""
+    if k == 1:
+        wv = w[i0:i1]
+        for j in range(m):
+            wj = wv[j] * wscale
+            gv[j] = 0.0 if wj == 0.0 else gv[j] * wj
+    else:
+        for r in range(i0 // k, (i1 + k - 1) // k):
+            wr = w[r] * wscale
+            for c in range(r * k - i0, r * k - i0 + k):
+                gv[c] = 0.0 if wr == 0.0 else gv[c] * wr
+
+
 def make_block(kind: int, grad: int):
     """Build the serial block function for element ``kind``; ``grad`` adds gradients.
 
@@ -121,21 +211,8 @@ def make_block(kind: int, grad: int):
         buf = out[i0:i1] if out.size > 0 else np.empty(m)
         bad = 0
         nan = 0
-        bmin = INF_BITS
-        bmax = 0
         if t_first:
-            # t = e^-|s| in a loop of its own (into buf, which the next loop overwrites):
-            # with exp and log1p in one loop body, the dependency chain per element is
-            # too long for the out-of-order window (~30% slower).
-            # In chunks, each preceded by prefetches of s and y PF_AHEAD elements on.
-            for c in range(0, m, PF_CHUNK):
-                for q in range(i0 + c + PF_AHEAD, i0 + c + PF_AHEAD + PF_CHUNK, PF_STEP):
-                    prefetch(s, q)
-                    prefetch(y, q)
-                sc = sv[c:c + PF_CHUNK]  # views: indices from 0 need no wraparound checks
-                tc = buf[c:c + PF_CHUNK]
-                for j in range(sc.size):
-                    tc[j] = M.exp_neg(-abs(np.float64(sc[j])))
+            _exp_neg_abs_prefetched(s, y, sv, buf, i0, m)  # buf: e^-|s|, overwritten next
         if PLAIN:
             # labels as given (no transform, pos_weight 1), soft labels in [0, 1]
             for j in range(m):
@@ -182,17 +259,9 @@ def make_block(kind: int, grad: int):
         # vectorised reduction follows the loop's vector shape, which differs between
         # float32 and float64 inputs; over buf it is one and the same for both.
         # Compensated: the mean of equal losses is that loss, and no sum is less
-        # accurate than NumPy's pairwise one.
-        # min/max on the bit patterns: every loss is >= 0 (abs maps -0.0 to 0), where
-        # the int64 order is the float order, and integer min/max reductions
-        # vectorise (float ones do not without `nnan`); a pass of its own over the
-        # block in cache costs less than keeping them in the element loops
-        for j in range(m):
-            lbits = M.f64_bits(buf[j]) & ABS_MASK
-            bmin = lbits if lbits < bmin else bmin
-            bmax = lbits if lbits > bmax else bmax
-        lmin = M.bits_f64(bmin)
-        lmax = M.bits_f64(bmax)  # NaN bits are above inf's: a NaN loss makes lmax NaN
+        # accurate than NumPy's pairwise one. min/max: a pass of its own over the block
+        # in cache costs less than keeping them in the element loops.
+        lmin, lmax = _min_max(buf, m)
         acc, acc_lo = S.dd_sum_nonneg(buf, m, lmax)
         if acc != acc:  # losses are never NaN for valid input, nor -inf
             if PLAIN:  # a NaN in s or y always makes l NaN: the input check of this kind
@@ -200,47 +269,12 @@ def make_block(kind: int, grad: int):
             else:
                 nan += 1
         mean = M.dd_div(acc, acc_lo, float(m), 0.0)
-        m2 = 0.0
-        for j in range(m):
-            d = buf[j] - mean
-            m2 += d * d
-        if lmax == np.inf:
-            m2 = np.inf
+        m2 = np.inf if lmax == np.inf else _sum_sq_dev(buf, m, mean)
         wsum, wsum_lo = acc, acc_lo
         if w.size > 0:
-            # Σ w·l as Dot2: the rounded products summed by dd_sum, their exact errors
-            # (TwoProduct) summed plainly; a zero weight removes its element, inf loss too
-            wl = np.empty(m)
-            pe = np.empty(m)
-            if k == 1:
-                wv = w[i0:i1]
-                for j in range(m):
-                    wj = wv[j] * wscale
-                    prod, err = M.two_prod(wj, buf[j])
-                    wl[j] = 0.0 if wj == 0.0 else prod
-                    pe[j] = 0.0 if wj == 0.0 else err
-            else:
-                for r in range(i0 // k, (i1 + k - 1) // k):
-                    wr = w[r] * wscale
-                    for c in range(r * k - i0, r * k - i0 + k):
-                        prod, err = M.two_prod(wr, buf[c])
-                        wl[c] = 0.0 if wr == 0.0 else prod
-                        pe[c] = 0.0 if wr == 0.0 else err
-            wsum, wsum_lo = S.dd_sum(wl, 1.0, 0, m)
-            esum = 0.0
-            for j in range(m):
-                esum += pe[j]
-            wsum_lo = wsum_lo + esum if abs(wsum) < np.inf else 0.0
-            if GRAD and k == 1:
-                wv = w[i0:i1]
-                for j in range(m):
-                    wj = wv[j] * wscale
-                    gv[j] = 0.0 if wj == 0.0 else gv[j] * wj
-            elif GRAD:
-                for r in range(i0 // k, (i1 + k - 1) // k):
-                    wr = w[r] * wscale
-                    for c in range(r * k - i0, r * k - i0 + k):
-                        gv[c] = 0.0 if wr == 0.0 else gv[c] * wr
+            wsum, wsum_lo = _weighted_sum(buf, w, wscale, k, i0, i1, m)
+            if GRAD:
+                _weight_gradients(gv, w, wscale, k, i0, i1, m)
         total, total_lo = M.two_sum(acc, acc_lo)  # the rounded sum, and what it leaves out
         wtotal, wtotal_lo = M.two_sum(wsum, wsum_lo)
         table[b, S_COUNT] = m

@@ -52,7 +52,7 @@ def test_both_paths_give_float64_and_narrowing_is_one_function():
     fast = codec_json.decode_body_fast(body, FIELDS)
     assert fast["predictions"].dtype == np.float64
     np.testing.assert_array_equal(fast["predictions"], slow(body)["predictions"])
-    narrow = kernels.api._to_float32
+    narrow = kernels._checks._to_float32
     assert narrow("predictions", fast["predictions"]).tolist() == np.array(vals, np.float32).tolist()
     with pytest.raises(ValueError) as info:
         kernels.loss([1.0, 2.0], [1.0, 0.0], sample_weight=np.array([1.0, 1e39]), dtype="float32")

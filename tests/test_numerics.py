@@ -36,6 +36,7 @@ import pytest
 from mpmath import mp, mpf
 
 from lossd import kernels
+from lossd.kernels._checks import _quantile_key as _qkey
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reference.py, any import mode
 from reference import (  # noqa: E402
@@ -584,12 +585,15 @@ def test_zero_weight_removes_infinite_loss():
 QS = [0.0, 0.25, 0.5, 0.9, 0.999, 1.0]
 
 
-def _qkey(q):
-    return "p%g" % (100 * q)
-
-
 def test_quantile_key_names():
+    """The kernels' own key function: 100·q from q's shortest decimal, so that close
+    quantiles keep distinct keys (``"p%g"`` would give p12.3457 for both below)."""
     assert [_qkey(q) for q in QS] == ["p0", "p25", "p50", "p90", "p99.9", "p100"]
+    assert _qkey(0.1234567) == "p12.34567"
+    assert _qkey(0.12345671) == "p12.345671"
+    assert _qkey(1e-7) == "p0.00001"
+    r = kernels.loss([0.0, 1.0, 2.0], [0.0, 1.0, 1.0], quantiles=[0.1234567, 0.12345671])
+    assert {"p12.34567", "p12.345671"} <= set(r.stats)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])

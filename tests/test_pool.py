@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lossd import kernels
-from lossd.kernels import api
+from lossd.kernels import runtime
 from lossd.kernels._pool import MIN_BYTES, OutputPool
 
 N = 2 * MIN_BYTES // 8  # 2 MiB of float64: pooled
@@ -17,12 +17,12 @@ N = 2 * MIN_BYTES // 8  # 2 MiB of float64: pooled
 @pytest.fixture
 def pool():
     """A fresh pool of 64 MiB in place of the process's, restored afterwards."""
-    saved = api._output_pool
-    api._output_pool = OutputPool(64 << 20)
+    saved = runtime._output_pool
+    runtime._output_pool = OutputPool(64 << 20)
     try:
-        yield api._output_pool
+        yield runtime._output_pool
     finally:
-        api._output_pool = saved
+        runtime._output_pool = saved
 
 
 def _data(seed: int, n: int = N) -> tuple[np.ndarray, np.ndarray]:
@@ -69,9 +69,9 @@ def test_held_results_are_never_overwritten(pool, keep):
 def test_pooled_results_equal_fresh_ones(pool):
     s, y = _data(7)
     want = [kernels.grad(s, y, reduction="none")]
-    api._output_pool = OutputPool(0)
+    runtime._output_pool = OutputPool(0)
     fresh = kernels.grad(s, y, reduction="none")
-    assert api._output_pool.stats()["blocks"] == 0
+    assert runtime._output_pool.stats()["blocks"] == 0
     np.testing.assert_array_equal(want[0].grad, fresh.grad)
     np.testing.assert_array_equal(want[0].losses, fresh.losses)
 
@@ -106,7 +106,7 @@ def test_bytes_stay_within_the_bound():
 
 
 def test_set_output_pool_validates_and_turns_off():
-    saved = api._output_pool.max_bytes
+    saved = runtime._output_pool.max_bytes
     try:
         with pytest.raises(ValueError, match="max_bytes"):
             kernels.set_output_pool(-1)

@@ -1,0 +1,37 @@
+"""The public functions' result types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a microsecond per call
+class LossResult:
+    """``loss`` is the reduced loss (None for reduction="none"), ``losses`` the
+    per-element losses (weighted when sample_weight is given) for reduction="none"."""
+
+    loss: float | None
+    losses: np.ndarray | None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class GradResult:
+    """``grad`` is d(reduced loss)/d(predictions), the predictions' shape; with
+    reduction="none" each element's own (weighted) derivative."""
+
+    loss: float | None
+    grad: np.ndarray
+    losses: np.ndarray | None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamGrad:
+    """Mean logistic loss of a linear model and its gradient w.r.t. coef and intercept."""
+
+    loss: float
+    coef: np.ndarray
+    intercept: float
