@@ -17,7 +17,7 @@ from ._compile import _compiled, _weight_prep
 from .errors import InputError
 
 if TYPE_CHECKING:
-    from ._plan import _Plan
+    from ._planner import _Plan
 
 DTYPES_OUT = ("float64", "float32")
 

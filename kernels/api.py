@@ -1,6 +1,6 @@
 """The public ``loss`` and ``grad``: plan the call, run the compiled blocks, build the result.
 
-Argument checks live in _checks, planning in _plan, compile caches in _compile, the
+Argument checks live in _checks, planning in _planner, compile caches in _compile, the
 process-wide settings in runtime, ``logreg_grad`` in logreg.
 """
 
@@ -16,13 +16,13 @@ from . import _math as M
 from . import runtime
 from ._checks import _as_float32, _first_bad, _float32_result, _quantile_key
 from ._compile import _block, _block_pointer, _compiled, _driver
-from ._plan import PARALLEL_MIN, _Plan, _plan
+from ._planner import PARALLEL_MIN, _Plan, _plan
 from .errors import KernelError
 from .results import GradResult, LossResult
 
 # Kept importable from here: service/codec_oip.py, tests and older callers use these.
 from ._checks import float32_values  # noqa: F401
-from ._plan import INPUTS, LOSSES, REDUCTIONS  # noqa: F401
+from ._planner import INPUTS, LOSSES, REDUCTIONS  # noqa: F401
 from .logreg import logreg_grad  # noqa: F401
 from .results import ParamGrad  # noqa: F401
 

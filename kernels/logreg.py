@@ -11,7 +11,7 @@ from . import _math as M
 from . import runtime
 from ._checks import _as_array, _fmt, _index, _number, _weights
 from ._compile import _logreg_block, _logreg_driver, _logreg_pointer
-from ._plan import PARALLEL_MIN
+from ._planner import PARALLEL_MIN
 from .errors import InputError, KernelError
 from .results import ParamGrad
 
