@@ -329,17 +329,17 @@ def expected_loss_body(r, *, input="logits", loss="cross_entropy", reduction="me
 
 
 def check_grad_body(body: dict, g, *, input="logits", loss="cross_entropy", reduction="mean") -> None:
-    """The /grad (wrt predictions) answer equals kernels.GradResult ``g``: loss and grad
-    always; the other fields when the service sends them."""
-    assert_same(body["loss"], g.loss, "loss")
-    assert_same(body["grad"], g.grad, "grad")
-    optional = {"losses": g.losses, "stats": g.stats, "input": input, "loss_type": loss,
-                "reduction": reduction}
-    for k, v in optional.items():
-        if k in body:
-            assert_same(body[k], v, k)
-    unknown = set(body) - {"loss", "grad", *optional}
-    assert not unknown, f"unexpected fields {unknown}"
+    """The /grad (wrt predictions) answer equals kernels.GradResult ``g``: exactly the
+    fields of the /loss answer (``GradResponse`` extends ``LossResponse``: ``losses``,
+    ``stats``, ``input``, ``loss_type`` and ``reduction`` are always sent) plus ``grad``."""
+    expected = {"loss": g.loss, "grad": g.grad, "losses": g.losses, "stats": g.stats,
+                "input": input, "loss_type": loss, "reduction": reduction}
+    missing = set(expected) - set(body)
+    assert not missing, f"missing fields {sorted(missing)}"
+    unknown = set(body) - set(expected)
+    assert not unknown, f"unexpected fields {sorted(unknown)}"
+    for k, v in expected.items():
+        assert_same(body[k], v, k)
 
 
 def dumps(body: Any) -> bytes:
