@@ -431,3 +431,47 @@ def assert_oip_result(got: dict[str, np.ndarray], want: dict, where: str) -> Non
     assert set(got) == set(expected), (where, sorted(got), sorted(expected))
     for key, value in expected.items():
         assert_bits_equal(got[key], value, f"{where}: {key}", any_nan=True)
+
+
+# ------------------------------------------------------------------------ metrics, log
+
+def request_statuses(server: ServerProcess, timeout: float = 30.0) -> dict[str, float]:
+    """``lossd_requests_total`` summed by status from the server's /metrics, every route
+    but /readyz (which answers 503 while the server warms up and the fixtures poll it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.url + "/metrics", timeout=timeout).text
+    statuses: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "lossd_requests":
+            for s in fam.samples:
+                if s.name == "lossd_requests_total" and s.labels["route"] != "/readyz":
+                    statuses[s.labels["status"]] = statuses.get(s.labels["status"], 0) + s.value
+    return statuses
+
+
+def status_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The requests counted between two ``request_statuses`` snapshots, by status."""
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+
+
+class NoServerErrors:
+    """Snapshot a server's status counts and log; ``check()`` then asserts that since the
+    snapshot no request got a 5xx, nothing reached the catch-all handler ('unhandled
+    error' or a traceback in the log) and the process is alive."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.before = request_statuses(server)
+        self.log_at = (len(server.stdout()), len(server.stderr()))
+
+    def new_log(self) -> str:
+        return self.server.stdout()[self.log_at[0]:] + self.server.stderr()[self.log_at[1]:]
+
+    def check(self, what: str = "") -> dict[str, float]:
+        assert self.server.alive(), f"{what}: the server died\n{self.server.stderr()[-3000:]}"
+        log = self.new_log()
+        assert "unhandled error" not in log and "Traceback" not in log, f"{what}:\n{log[-3000:]}"
+        delta = status_delta(self.before, request_statuses(self.server))
+        assert not [s for s in delta if s.startswith("5")], f"{what}: 5xx answers {delta}"
+        return delta
