@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from lossd import kernels
+
 ROOT = Path(__file__).resolve().parents[1]
 LOSSD = Path(sys.executable).parent / "lossd"
 START_TIMEOUT = 90.0  # s until /readyz answers 200 (a warm Numba cache needs ~2 s)
@@ -475,3 +477,24 @@ class NoServerErrors:
         delta = status_delta(self.before, request_statuses(self.server))
         assert not [s for s in delta if s.startswith("5")], f"{what}: 5xx answers {delta}"
         return delta
+
+
+JSON = {"content-type": "application/json"}
+
+
+
+def _post(url: str, body, headers=JSON, **kw) -> httpx.Response:
+    content = body if isinstance(body, bytes) else dumps(body)
+    return httpx.post(url, content=content, headers=headers, timeout=30.0, **kw)
+
+
+
+def _check_alive(s: ServerProcess) -> None:
+    """The server still runs and answers a request correctly."""
+    assert s.alive(), s.stderr()[-3000:]
+    assert httpx.get(s.url + "/healthz", timeout=10).json() == {"status": "ok"}
+    pred = np.array([0.25, -3.0, 8.0])
+    lab = np.array([1.0, 0.0, 1.0])
+    r = _post(s.url + "/loss", {"predictions": pred.tolist(), "labels": lab.tolist()})
+    assert r.status_code == 200, r.text
+    assert_same(strict_json(r.text), expected_loss_body(kernels.loss(pred, lab)))

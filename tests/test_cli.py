@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from service_helpers import LOSSD, ROOT, server_env
+from service_helpers import LOSSD, ROOT, ServerProcess, _check_alive, free_port, server_env
 
 HEAVY = ("numba", "numpy", "llvmlite", "lossd.kernels", "fastapi", "starlette", "uvicorn", "uvloop",
          "httptools", "prometheus_client")
@@ -84,3 +84,45 @@ def test_the_console_script_help_imports_no_numba():
     assert "lossd.service.cli" in imported, imported[-20:]
     heavy = [m for m in imported if m.split(".")[0] in HEAVY or m in HEAVY]
     assert not heavy, heavy
+
+
+# ------------------------------------------------------------------- CLI entry points
+
+def test_python_m_service_without_arguments_serves_from_env():
+    s = ServerProcess([sys.executable, "-m", "lossd"], env={"LOSSD_PORT": "{port}", "LOSSD_HOST": "127.0.0.1"})
+    try:
+        s.start()
+        _check_alive(s)
+    finally:
+        s.close()
+
+
+
+def test_bad_settings_exit_with_code_2_and_a_message():
+    cases = [
+        ([str(LOSSD), "serve"], {"LOSSD_PORT": "abc"}, "LOSSD_PORT"),
+        ([str(LOSSD), "serve"], {"LOSSD_PORT": "70000"}, "LOSSD_PORT"),
+        ([str(LOSSD), "serve", "--workers", "0", "--port", str(free_port())], {}, "--workers: "),
+        ([str(LOSSD), "serve", "--port", "70000"], {"LOSSD_PORT": "8123"}, "--port: "),
+        ([sys.executable, "-m", "lossd", "serve", "--port", str(free_port())], {"LOSSD_MAX_BODY_BYTES": "12"},
+         "LOSSD_MAX_BODY_BYTES"),
+    ]
+    procs = []
+    try:
+        for argv, env, _ in cases:
+            procs.append(subprocess.Popen(argv, cwd=ROOT, env=server_env(env), stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                          start_new_session=True))
+        for (argv, env, var), p in zip(cases, procs):
+            out, err = p.communicate(timeout=90)
+            err = err.decode(errors="replace")
+            assert p.returncode == 2, (argv, env, p.returncode, err[-2000:])
+            assert err.startswith("lossd: ") and var in err, err
+            wrong = "LOSSD_" + var[2:-2].replace("-", "_").upper() if var.startswith("--") else "--"
+            assert wrong not in err, err  # the flag, not the variable it overrides
+            assert "Traceback" not in err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
