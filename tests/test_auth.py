@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 
 from lossd import kernels
 from lossd.service import Settings
 
 from service_helpers import dumps
 
+from oip_helpers import _in_process, assert_bits, assert_error, binary_frame, bt, hard01, logits, parse_response
 from app_helpers import _sample, JSON, TOKEN, _client, token_client
 
 
@@ -57,5 +59,33 @@ def test_refused_requests_are_counted_and_logged(caplog):
             assert any('"POST /loss" 401' in m.getMessage() for m in caplog.records)
             text = c.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
             assert _sample(text, "lossd_requests_total", route="/loss", method="POST", status="401") == 1
+    finally:
+        kernels.set_threads(None)
+
+
+# --------------------------------------------------------------------------- API token
+
+def test_api_token_guards_inference_not_health():
+    token = "t0k3n"
+    pred, lab = logits(6), hard01(6)
+    body, headers = binary_frame({"inputs": [bt("predictions", pred), bt("labels", lab)]},
+                                 pred.tobytes(), lab.tobytes())
+    try:
+        with _in_process(api_token=token) as c:
+            for path in ("/v2/health/live", "/v2/health/ready"):
+                assert c.get(path).status_code == 200, path
+            for method, path in (("GET", "/v2"), ("GET", "/v2/models/loss"), ("GET", "/v2/models/loss/ready"),
+                                 ("POST", "/v2/models/loss/infer")):
+                r = c.request(method, path, content=body if method == "POST" else None, headers=headers)
+                assert_error(r, 401, "bearer token missing")
+                assert r.headers["www-authenticate"] == "Bearer"
+            r = c.post("/v2/models/loss/infer", content=body, headers={**headers, "Authorization": "Bearer nope"})
+            assert_error(r, 401, "bearer token wrong")
+            r = c.post("/v2/models/loss/infer", content=body,
+                       headers={**headers, "Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+            _, arrays = parse_response(r)
+            assert_bits(arrays["loss"], np.array([kernels.loss(pred, lab).loss]), "loss")
+            assert c.get("/v2/models/grad", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     finally:
         kernels.set_threads(None)
