@@ -1,5 +1,7 @@
 """The real server: ``lossd serve`` (and ``python -m service``) as a process on a free
-127.0.0.1 port, spoken to over HTTP with httpx (and raw sockets where the wire matters).
+127.0.0.1 port, spoken to over HTTP with httpx (and raw sockets where the wire matters):
+basics, 200 requests from 32 concurrent clients, malformed bodies and HTTP-level garbage
+never hurting it, 413 for bodies over the limit, metrics summed over workers.
 
 Servers are module-scoped fixtures (a start costs ~2 s); every one is stopped in its
 teardown (SIGTERM to its process group, SIGKILL after a grace period). Expected numbers

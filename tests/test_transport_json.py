@@ -1,10 +1,13 @@
-"""The HTTP service in-process (FastAPI TestClient): the JSON API of
-../shared/docs/api.md, its error contract, and the operations endpoints.
+"""The JSON API (/loss, /grad) in-process (FastAPI TestClient), as in ../shared/docs/api.md:
+results equal to ``kernels`` bit for bit for every reduction, form and option, N×K with
+pos_weight, quantiles, ±inf both ways, float32, bool/int labels, wrt predictions and
+params. (Its errors: test_errors.py; request ids: test_middleware.py; the token:
+test_auth.py; /readyz, /metrics, /docs: test_operations.py; the schema: test_openapi.py;
+settings: test_settings.py; the real server: test_service_server.py.)
 
 Every expected number comes from ``kernels`` called in this process (or from an exact
 mathematical limit), never from the service's own output; answers are compared to the
-last bit (service_helpers.assert_same). The real server (uvicorn, several workers, body
-limits on the wire) is tested in test_service_server.py.
+last bit (service_helpers.assert_same).
 """
 
 from __future__ import annotations
