@@ -27,3 +27,19 @@ def server():
         yield s.start()
     finally:
         s.close()
+
+
+@pytest.fixture
+def server_never_5xx(request):
+    """For a test that uses the module's ``server``: after the test, none of the requests
+    made during it got a 5xx or reached the catch-all handler, and the server is alive.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("server_never_5xx")``; it
+    checks after every test, so it holds whatever order or subset of tests runs."""
+    if "server" not in request.fixturenames:
+        yield
+        return
+    from service_helpers import NoServerErrors
+
+    watch = NoServerErrors(request.getfixturevalue("server"))
+    yield
+    watch.check(request.node.nodeid)

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from lossd import kernels
+
 ROOT = Path(__file__).resolve().parents[1]
 LOSSD = Path(sys.executable).parent / "lossd"
 START_TIMEOUT = 90.0  # s until /readyz answers 200 (a warm Numba cache needs ~2 s)
@@ -329,17 +331,17 @@ def expected_loss_body(r, *, input="logits", loss="cross_entropy", reduction="me
 
 
 def check_grad_body(body: dict, g, *, input="logits", loss="cross_entropy", reduction="mean") -> None:
-    """The /grad (wrt predictions) answer equals kernels.GradResult ``g``: loss and grad
-    always; the other fields when the service sends them."""
-    assert_same(body["loss"], g.loss, "loss")
-    assert_same(body["grad"], g.grad, "grad")
-    optional = {"losses": g.losses, "stats": g.stats, "input": input, "loss_type": loss,
-                "reduction": reduction}
-    for k, v in optional.items():
-        if k in body:
-            assert_same(body[k], v, k)
-    unknown = set(body) - {"loss", "grad", *optional}
-    assert not unknown, f"unexpected fields {unknown}"
+    """The /grad (wrt predictions) answer equals kernels.GradResult ``g``: exactly the
+    fields of the /loss answer (``GradResponse`` extends ``LossResponse``: ``losses``,
+    ``stats``, ``input``, ``loss_type`` and ``reduction`` are always sent) plus ``grad``."""
+    expected = {"loss": g.loss, "grad": g.grad, "losses": g.losses, "stats": g.stats,
+                "input": input, "loss_type": loss, "reduction": reduction}
+    missing = set(expected) - set(body)
+    assert not missing, f"missing fields {sorted(missing)}"
+    unknown = set(body) - set(expected)
+    assert not unknown, f"unexpected fields {sorted(unknown)}"
+    for k, v in expected.items():
+        assert_same(body[k], v, k)
 
 
 def dumps(body: Any) -> bytes:
@@ -431,3 +433,68 @@ def assert_oip_result(got: dict[str, np.ndarray], want: dict, where: str) -> Non
     assert set(got) == set(expected), (where, sorted(got), sorted(expected))
     for key, value in expected.items():
         assert_bits_equal(got[key], value, f"{where}: {key}", any_nan=True)
+
+
+# ------------------------------------------------------------------------ metrics, log
+
+def request_statuses(server: ServerProcess, timeout: float = 30.0) -> dict[str, float]:
+    """``lossd_requests_total`` summed by status from the server's /metrics, every route
+    but /readyz (which answers 503 while the server warms up and the fixtures poll it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.url + "/metrics", timeout=timeout).text
+    statuses: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "lossd_requests":
+            for s in fam.samples:
+                if s.name == "lossd_requests_total" and s.labels["route"] != "/readyz":
+                    statuses[s.labels["status"]] = statuses.get(s.labels["status"], 0) + s.value
+    return statuses
+
+
+def status_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The requests counted between two ``request_statuses`` snapshots, by status."""
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+
+
+class NoServerErrors:
+    """Snapshot a server's status counts and log; ``check()`` then asserts that since the
+    snapshot no request got a 5xx, nothing reached the catch-all handler ('unhandled
+    error' or a traceback in the log) and the process is alive."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.before = request_statuses(server)
+        self.log_at = (len(server.stdout()), len(server.stderr()))
+
+    def new_log(self) -> str:
+        return self.server.stdout()[self.log_at[0]:] + self.server.stderr()[self.log_at[1]:]
+
+    def check(self, what: str = "") -> dict[str, float]:
+        assert self.server.alive(), f"{what}: the server died\n{self.server.stderr()[-3000:]}"
+        log = self.new_log()
+        assert "unhandled error" not in log and "Traceback" not in log, f"{what}:\n{log[-3000:]}"
+        delta = status_delta(self.before, request_statuses(self.server))
+        assert not [s for s in delta if s.startswith("5")], f"{what}: 5xx answers {delta}"
+        return delta
+
+
+JSON = {"content-type": "application/json"}
+
+
+
+def _post(url: str, body, headers=JSON, **kw) -> httpx.Response:
+    content = body if isinstance(body, bytes) else dumps(body)
+    return httpx.post(url, content=content, headers=headers, timeout=30.0, **kw)
+
+
+
+def _check_alive(s: ServerProcess) -> None:
+    """The server still runs and answers a request correctly."""
+    assert s.alive(), s.stderr()[-3000:]
+    assert httpx.get(s.url + "/healthz", timeout=10).json() == {"status": "ok"}
+    pred = np.array([0.25, -3.0, 8.0])
+    lab = np.array([1.0, 0.0, 1.0])
+    r = _post(s.url + "/loss", {"predictions": pred.tolist(), "labels": lab.tolist()})
+    assert r.status_code == 200, r.text
+    assert_same(strict_json(r.text), expected_loss_body(kernels.loss(pred, lab)))
