@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lossd import kernels
 from lossd import service
 from lossd.service import Settings, create_app
-from lossd.service.codec_oip import decode_request
+from lossd.service.codecs.oip_json import decode_request
 
 tritonclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
