@@ -27,10 +27,10 @@ from .errors import RequestError
 from .schemas import GradOptions, LossOptions, ParamsOptions
 
 
-def _frozen(a: np.ndarray | None) -> np.ndarray | None:
-    if a is not None and a.flags.writeable:
-        a = a.view()  # the caller's array stays as it was; this view is read-only
-        a.flags.writeable = False
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """``a`` read-only. The arrays come from the codecs, made from the body for this
+    request (or read-only views of it already): nobody else holds them."""
+    a.flags.writeable = False
     return a
 
 
@@ -49,15 +49,12 @@ class Options:
     quantiles: tuple[float, ...] = fields.PREDICTIONS_OPTIONS["quantiles"]
     dtype: str = fields.PREDICTIONS_OPTIONS["dtype"]
 
-    def __post_init__(self) -> None:
-        if isinstance(self.pos_weight, np.ndarray):
-            object.__setattr__(self, "pos_weight", _frozen(self.pos_weight))
-
     def kwargs(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in _OPTION_NAMES}
 
 
 _OPTION_NAMES = tuple(f.name for f in dc_fields(Options))
+DEFAULT_OPTIONS = Options()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +64,7 @@ class PredictionsRequest:
     predictions: np.ndarray
     labels: np.ndarray
     sample_weight: np.ndarray | None = None
-    options: Options = Options()
-
-    def __post_init__(self) -> None:
-        for name in fields.PREDICTIONS_ARRAYS:
-            object.__setattr__(self, name, _frozen(getattr(self, name)))
+    options: Options = DEFAULT_OPTIONS
 
     @property
     def elements(self) -> int:
@@ -92,10 +85,6 @@ class ParamsRequest:
     l2: float = fields.PARAMS_OPTIONS["l2"]
 
     op = "grad"  # a class attribute: not a field
-
-    def __post_init__(self) -> None:
-        for name in fields.PARAMS_ARRAYS:
-            object.__setattr__(self, name, _frozen(getattr(self, name)))
 
     @property
     def elements(self) -> int:
@@ -124,19 +113,25 @@ def build(op: str, data: dict[str, Any], to_array: ToArray) -> Request:
         return _params(data, to_array)
     pos_weight = data.pop("pos_weight") if isinstance(data.get("pos_weight"), np.ndarray) else None
     arrays = {k: data.pop(k) for k in fields.PREDICTIONS_ARRAYS if k in data}
-    opts = _validate(LossOptions if op == "loss" else GradOptions, data)
+    # no options (the usual request): the defaults, which need no checking
+    opts = _validate(LossOptions if op == "loss" else GradOptions, data) if data else None
     pred = _required(arrays, "predictions", to_array)
     lab = _required(arrays, "labels", to_array)
     weight = _optional(arrays, "sample_weight", to_array)
-    values = opts.model_dump(exclude={"wrt"})
-    values["quantiles"] = tuple(values["quantiles"])
-    if pos_weight is not None:
-        values["pos_weight"] = pos_weight
-    elif isinstance(values["pos_weight"], list):
-        values["pos_weight"] = np.array(values["pos_weight"], dtype=np.float64)
+    if opts is None and pos_weight is None:
+        options = DEFAULT_OPTIONS
+    else:
+        values = {} if opts is None else opts.model_dump(exclude={"wrt"})
+        if "quantiles" in values:
+            values["quantiles"] = tuple(values["quantiles"])
+        if pos_weight is not None:
+            values["pos_weight"] = _frozen(pos_weight)
+        elif isinstance(values.get("pos_weight"), list):
+            values["pos_weight"] = _frozen(np.array(values["pos_weight"], dtype=np.float64))
+        options = Options(**values)
     # dtype = "float32" rounds the arrays to float32 in the kernels: one rule for the
     # Python API and every path and transport
-    return PredictionsRequest(op, pred, lab, weight, Options(**values))  # type: ignore[arg-type]
+    return PredictionsRequest(op, pred, lab, weight, options)  # type: ignore[arg-type]
 
 
 def _params(data: dict[str, Any], to_array: ToArray) -> ParamsRequest:
@@ -163,9 +158,9 @@ def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
 def _required(arrays: dict[str, Any], name: str, to_array: ToArray) -> np.ndarray:
     if arrays.get(name) is None:
         raise RequestError.at((name,), f"{name} is required", kind="missing")
-    return to_array(name, arrays[name])
+    return _frozen(to_array(name, arrays[name]))
 
 
 def _optional(arrays: dict[str, Any], name: str, to_array: ToArray) -> np.ndarray | None:
     v = arrays.get(name)
-    return None if v is None else to_array(name, v)
+    return None if v is None else _frozen(to_array(name, v))
