@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..limits import BodyLimits
 from ..requests import Request, Result
@@ -31,6 +31,7 @@ class Decoded:
     context: Any = None
 
 
+@runtime_checkable
 class Codec(Protocol):
     name: str
 
