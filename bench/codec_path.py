@@ -58,16 +58,22 @@ def _paths() -> tuple[Callable, Callable]:
     return json_loss, oip_infer
 
 
-def json_body(n: int) -> bytes:
-    s, y = make_data(n)
-    return orjson.dumps({"predictions": s, "labels": y}, option=orjson.OPT_SERIALIZE_NUMPY)
+# the options of the "with options" cases: validated, unlike a request without any
+OPTIONS = {"reduction": "none", "quantiles": [0.5, 0.9], "label_smoothing": 0.1}
 
 
-def oip_json_body(n: int) -> bytes:
+def json_body(n: int, options: bool = False) -> bytes:
     s, y = make_data(n)
+    return orjson.dumps({"predictions": s, "labels": y, **(OPTIONS if options else {})},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def oip_json_body(n: int, options: bool = False) -> bytes:
+    s, y = make_data(n)
+    params = {**OPTIONS, "quantiles": "0.5,0.9"} if options else {}
     return orjson.dumps({"inputs": [
         {"name": "predictions", "datatype": "FP64", "shape": [n], "data": s},
-        {"name": "labels", "datatype": "FP64", "shape": [n], "data": y}]},
+        {"name": "labels", "datatype": "FP64", "shape": [n], "data": y}], "parameters": params},
         option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -100,9 +106,13 @@ def main() -> None:
     for n in (10, 100_000):
         body = json_body(n)
         cases.append((f"JSON /loss, n = {n:,}", len(body), lambda b=body: json_loss(b), n))
+    body = json_body(10, options=True)
+    cases.append(("JSON /loss, n = 10, with options", len(body), lambda b=body: json_loss(b), 10))
     for n in (10, 100_000):
         body = oip_json_body(n)
         cases.append((f"OIP JSON, n = {n:,}", len(body), lambda b=body: oip_infer(b, None), n))
+    body = oip_json_body(10, options=True)
+    cases.append(("OIP JSON, n = 10, with options", len(body), lambda b=body: oip_infer(b, None), 10))
     for n in (100_000, 1_000_000):
         body, hl = oip_binary_body(n)
         cases.append((f"OIP binary, n = {n:,}", len(body), lambda b=body, h=hl: oip_infer(b, h), n))

@@ -121,7 +121,8 @@ def build(op: str, data: dict[str, Any], to_array: ToArray) -> Request:
     if opts is None and pos_weight is None:
         options = DEFAULT_OPTIONS
     else:
-        values = {} if opts is None else opts.model_dump(exclude={"wrt"})
+        # the validated model's attributes (cheaper than model_dump)
+        values = {} if opts is None else {k: getattr(opts, k) for k in _OPTION_NAMES}
         if "quantiles" in values:
             values["quantiles"] = tuple(values["quantiles"])
         if pos_weight is not None:
