@@ -20,7 +20,6 @@ from lossd.service.codecs import oip_json
 from lossd.service.codecs.oip_binary import HEADER_LENGTH
 from lossd.service.compute import compute
 from lossd.service.errors import RequestError
-from lossd.service.limits import BodyLimits
 from lossd.service.requests import DEFAULT_OPTIONS, Options, ParamsRequest, PredictionsRequest, build
 
 SERVICE = Path(__file__).resolve().parents[1] / "service"

@@ -5,7 +5,7 @@ request model (``requests.PredictionsRequest`` / ``ParamsRequest``) and the kern
 result for that request back into a body and its headers. It knows its wire format and
 nothing else: no FastAPI, no routes, no kernel calls. Every error it finds is a
 ``RequestError`` (``errors.py``), which the app renders in the shape of the protocol the
-request came by. Codecs are stateless module-level objects (they pickle by reference:
+request came by. Codecs are stateless module-level objects (they pickle, and
 the large lane runs them in another process).
 
     decoded = codec.decode(body, op, headers, limits)        # body -> request model
