@@ -24,8 +24,8 @@ from . import __version__
 from .errors import ApiError
 from .metrics import Metrics
 from .middleware import FrontDoor, log_safe
+from .protocol import error_body, protocol_of
 from .bodies import BufferPool
-from .codec_oip import OipError
 from .drain import DRAINING, CloseWhenDraining
 from .lane import LargeLane
 from .limits import BodyDeadline, BodyLimits
@@ -160,20 +160,16 @@ def _add_docs(app: FastAPI) -> None:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
+    @app.exception_handler(ApiError)  # RequestError too: 422 {"detail": [...]}, or 400 {"error"} under /v2
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        body = exc.body(oip=request.url.path.startswith("/v2"))
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(OipError)
-    async def oip_error(request: Request, exc: OipError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        status, body = exc.render(protocol_of(request.url.path))
+        return JSONResponse(body, status_code=status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # routing's own 404/405: under /v2 in OIP's {"error"} shape like every other answer
         # there (a model name that matches no route, e.g. an empty one, was {"detail"})
-        if request.url.path.startswith("/v2"):
+        if protocol_of(request.url.path) == "oip":
             return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
                                 status_code=exc.status_code, headers=exc.headers)
         return await http_exception_handler(request, exc)
@@ -190,8 +186,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         # logged with its traceback server-side; the client gets no internals
         log.error("unhandled error on %s %s", request.method, log_safe(request.url.path), exc_info=exc)
         message = "internal error; the server log has the details"
-        body = {"error": message} if request.url.path.startswith("/v2") else {"detail": message}
-        return JSONResponse(body, status_code=500)
+        return JSONResponse(error_body(protocol_of(request.url.path), message), status_code=500)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 422 bodies keep FastAPI's shape, ``{"detail": [{"type", "loc", "msg"}]}``, so clients
 that already read FastAPI validation errors read ours; ``loc`` names the field and the
 index (``["body", "labels", 17]``) and ``msg`` says what is wrong in one sentence.
-Other statuses carry ``{"detail": "<message>"}``.
+Other statuses carry ``{"detail": "<message>"}``. Under the Open Inference Protocol (paths
+under /v2) every error is ``{"error": "<message>"}`` and a content error is 400: one error
+type for both, rendered by the protocol that ``protocol.protocol_of`` decides.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from pydantic import ValidationError
 
 from lossd.kernels.errors import InputError
 
+from .protocol import Protocol, error_body
+
 
 class ApiError(Exception):
-    """An HTTP error with a message for the client (never a traceback)."""
+    """An HTTP error with a message for the client (never a traceback), rendered in the
+    shape of the request's protocol (``protocol.protocol_of``)."""
 
     def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -24,23 +29,36 @@ class ApiError(Exception):
         self.detail = detail
         self.headers = headers
 
-    def body(self, oip: bool = False) -> dict[str, Any]:
-        """FastAPI's ``{"detail": ...}``, or OIP's ``{"error": "..."}`` under /v2."""
-        if oip:
-            return {"error": self.detail if isinstance(self.detail, str) else
-                    "; ".join(e["msg"] for e in self.detail)}
-        return {"detail": self.detail}
+    @property
+    def message(self) -> str:
+        """The detail as one line (a list of errors: their messages joined by "; ")."""
+        return self.detail if isinstance(self.detail, str) else "; ".join(e["msg"] for e in self.detail)
+
+    def render(self, protocol: Protocol) -> tuple[int, dict[str, Any]]:
+        """Status and body: FastAPI's ``{"detail": ...}``, or OIP's ``{"error": "..."}``."""
+        return self.status, error_body(protocol, self.message if protocol == "oip" else self.detail)
+
+    def __reduce__(self):  # picklable as itself (the large lane sends errors back)
+        return (type(self), (self.status, self.detail, self.headers))
 
 
 class RequestError(ApiError):
-    """422: the request is well-formed HTTP but its content is invalid."""
+    """The request is well-formed HTTP but its content is invalid: raised by every codec
+    and by ``compute``. The JSON API answers 422 with FastAPI's shape,
+    ``{"detail": [{"type", "loc", "msg"}]}``; the OIP answers 400, ``{"error": msg}``."""
+
+    OIP_STATUS = 400
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(422, errors)
 
-    @property
-    def message(self) -> str:
-        return "; ".join(e["msg"] for e in self.detail)
+    def render(self, protocol: Protocol) -> tuple[int, dict[str, Any]]:
+        if protocol == "oip":
+            return self.OIP_STATUS, error_body(protocol, self.message)
+        return self.status, error_body(protocol, self.detail)
+
+    def __reduce__(self):
+        return (RequestError, (self.detail,))
 
     @classmethod
     def at(cls, loc: tuple, msg: str, kind: str = "value_error") -> "RequestError":

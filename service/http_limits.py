@@ -36,6 +36,8 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from .protocol import Protocol, error_body, protocol_of
+
 log = logging.getLogger("lossd")
 
 BODY_GRACE = 1.0  # s after LOSSD_BODY_TIMEOUT: the application's own 408 goes first
@@ -63,8 +65,8 @@ class HeadRefused(Exception):
         self.message = message
 
 
-def _answer(status: int, message: str, oip: bool, extra: list[tuple[bytes, bytes]] = ()) -> tuple[bytes, list]:
-    body = orjson.dumps({"error": message} if oip else {"detail": message})
+def _answer(status: int, message: str, protocol: Protocol, extra: list[tuple[bytes, bytes]] = ()) -> tuple[bytes, list]:
+    body = orjson.dumps(error_body(protocol, message))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                *extra, (b"connection", b"close")]
     return body, headers
@@ -75,7 +77,7 @@ def over_capacity(limit: int):
     message = f"the server has {limit} connections open (LOSSD_MAX_CONNECTIONS); retry shortly"
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body, headers = _answer(503, message, scope.get("path", "").startswith("/v2"),
+        body, headers = _answer(503, message, protocol_of(scope.get("path", "")),
                                 [(b"retry-after", b"1")])
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -246,7 +248,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._cancel_timers()
         log.info("refused a request: %d %s", refusal.status, refusal.message)
-        body, headers = _answer(refusal.status, refusal.message, getattr(self, "url", b"").startswith(b"/v2"))
+        body, headers = _answer(refusal.status, refusal.message, protocol_of(getattr(self, "url", b"")))
         content = [STATUS_LINE[refusal.status]]
         for name, value in [*self.server_state.default_headers, *headers]:
             content += [name, b": ", value, b"\r\n"]

@@ -17,8 +17,8 @@ answer comes back pickled the same way. Binary OIP bodies, whose decoding costs
 nothing, stay in the worker.
 
 The lane serves one request at a time. If it dies, requests fall back to the worker's
-kernel threads (and the error is logged). Exceptions cross back as plain data
-(``ApiError``/``OipError`` do not unpickle with their own constructors).
+kernel threads (and the error is logged). The service's errors (``ApiError``,
+``RequestError``) cross back pickled as themselves; anything else as its traceback.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .codec_oip import OipError
 from .errors import ApiError
 
 log = logging.getLogger("lossd")
@@ -77,10 +76,8 @@ def _serve(conn: Connection, threads: int, output_pool_bytes: int) -> None:
 def _call(fn: Callable[..., Any], body: bytes, args: tuple) -> tuple[str, Any]:
     try:
         return "ok", fn(body, *args)
-    except OipError as exc:
-        return "oip", (exc.message, exc.status)
-    except ApiError as exc:
-        return "api", (exc.status, exc.detail, exc.headers)
+    except ApiError as exc:  # RequestError too: rendered by the worker for the request's protocol
+        return "error", exc
     except Exception:  # noqa: BLE001 - re-raised in the worker, which logs it and answers 500
         return "bug", traceback.format_exc()
 
@@ -91,10 +88,8 @@ def _call(fn: Callable[..., Any], body: bytes, args: tuple) -> tuple[str, Any]:
 def _unwrap(kind: str, value: Any) -> Any:
     if kind == "ok":
         return value
-    if kind == "oip":
-        raise OipError(*value)
-    if kind == "api":
-        raise ApiError(*value)
+    if kind == "error":
+        raise value
     raise LaneError(f"error in the large lane:\n{value}")
 
 

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError
 from .metrics import Metrics
+from .protocol import protocol_of
 
 access_logger = logging.getLogger("lossd.access")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
@@ -153,12 +154,13 @@ class FrontDoor:
         return receive_limited
 
     async def _send_error(self, exc: ApiError, send: Send, scope: Scope) -> None:
-        body = orjson.dumps(exc.body(oip=scope["path"].startswith("/v2")))
+        status, content = exc.render(protocol_of(scope["path"]))
+        body = orjson.dumps(content)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.encode(), v.encode()) for k, v in (exc.headers or {}).items()]
-        if exc.status == 413:
+        if status == 413:
             headers.append((b"connection", b"close"))  # the rest of the body is not read
-        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def _route_label(self, scope: Scope) -> str:

@@ -1,23 +1,19 @@
-"""POST /loss and POST /grad: JSON in, JSON out."""
+"""POST /loss and POST /grad: JSON in, JSON out (``codecs/json.py`` via ``pipeline``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from . import codec_json
-from .compute import compute_grad, compute_loss
-from .errors import ApiError, RequestError
-from .limits import BodyLimits, JsonTooDeep, check_json_depth
+from .errors import ApiError
+from .limits import BodyLimits
 from .metrics import Metrics
 from .bodies import BufferPool, run_on_body
+from .pipeline import run_json
 from .runner import KernelRunner
 from .schemas import (ErrorBody, GradResponse, LossResponse, ParamsGradResponse,
                       ValidationErrorBody)
-
-Compute = Callable[[dict[str, Any], int | None], tuple[dict[str, Any], int]]
 
 _ERRORS = {
     401: {"model": ErrorBody, "description": "Bearer token missing or wrong (when LOSSD_API_TOKEN is set)."},
@@ -39,18 +35,6 @@ def _body_ref(*names: str) -> dict[str, Any]:
         "schema": refs[0] if len(refs) == 1 else {"oneOf": refs}}}}}
 
 
-_ARRAY_FIELDS = frozenset({"predictions", "labels", "sample_weight", "features", "coef"})
-
-
-def _run_json(body: bytes | memoryview, fn: Compute, limits: BodyLimits) -> tuple[bytes, int]:
-    try:
-        check_json_depth(body, limits.max_json_depth)
-    except JsonTooDeep as exc:
-        raise RequestError.at((), str(exc), kind="json_too_deep") from None
-    payload, n = fn(codec_json.decode(body, _ARRAY_FIELDS), limits.max_elements)
-    return codec_json.encode(payload), n
-
-
 def check_json_type(request: Request) -> None:
     ctype = request.headers.get("content-type")
     if ctype is None:
@@ -64,11 +48,12 @@ def add_json_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, pool: 
     # registered on the app itself (not an included router) so that the front door can
     # match a refused request to its route for the metrics label
 
-    async def answer(request: Request, fn: Compute, route: str) -> Response:
+    async def answer(request: Request, op: str, route: str) -> Response:
         check_json_type(request)
-        content, n = await run_on_body(request, pool, runner, inline_bytes, _run_json, fn, limits, lane=True)
+        content, headers, n = await run_on_body(request, pool, runner, inline_bytes, run_json, op, limits,
+                                                lane=True)
         metrics.elements.labels(route).inc(n)
-        return Response(content, media_type="application/json")
+        return Response(content, headers=headers)
 
     @app.post("/loss", tags=["losses"], summary="Loss, per-element losses and their statistics",
                  response_model=None, openapi_extra=_body_ref("LossRequest"),
@@ -77,7 +62,7 @@ def add_json_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, pool: 
     async def loss(request: Request) -> Response:
         """Cross-entropy (and relatives) of `predictions` against `labels`.
         Non-finite values travel as the strings "Infinity", "-Infinity"."""
-        return await answer(request, compute_loss, "/loss")
+        return await answer(request, "loss", "/loss")
 
     @app.post("/grad", tags=["losses"], summary="Gradient w.r.t. the predictions or a logistic model's params",
                  response_model=None, openapi_extra=_body_ref("GradRequest", "ParamsGradRequest"),
@@ -91,7 +76,7 @@ def add_json_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, pool: 
         """`wrt: predictions` (default): d(reduced loss)/d(predictions), the predictions' shape.
         `wrt: params`: the mean logistic loss of z = features·coef + intercept and its
         gradient, dJ/dw_j = (1/n) Σ x_j (σ(z) - y), dJ/db = (1/n) Σ (σ(z) - y)."""
-        return await answer(request, compute_grad, "/grad")
+        return await answer(request, "grad", "/grad")
 
 
 # models referenced by $ref above, added to components by the app's openapi()

@@ -5,170 +5,41 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from . import __version__
-from .codec_oip import (FLOAT_TYPES, HEADER_LENGTH, HEADER_NAME, LABEL_TYPES, InferRequest, InferResponse,
-                        OipError, decode_request, encode_response)
+from . import __version__, fields
+from .codecs.oip_binary import HEADER_LENGTH, HEADER_NAME
 from .bodies import BufferPool, run_on_body
-from .compute import compute_grad, compute_loss
-from .errors import RequestError
+from .errors import ApiError
 from .limits import BodyLimits
 from .metrics import Metrics
+from .pipeline import run_oip
 from .runner import KernelRunner, Readiness
-from .schemas import LossOptions, ParamsOptions
 from .schemas_oip import InferenceRequest, InferenceResponse, ModelMetadata, OipErrorBody, ServerMetadata
 
-_LOSS_INPUTS = {"predictions": FLOAT_TYPES, "labels": LABEL_TYPES, "sample_weight": FLOAT_TYPES,
-                "pos_weight": FLOAT_TYPES}
-_GRAD_INPUTS = {**_LOSS_INPUTS, "features": FLOAT_TYPES, "coef": FLOAT_TYPES, "intercept": FLOAT_TYPES}
-_STATS = ("count", "sum", "mean", "std", "min", "max")
-# Parameters of the protocol itself (and of tritonclient) that are not loss options.
-_PROTOCOL_PARAMS = {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start",
-                    "sequence_end", "headers"}
+
+def metadata_of(name: str) -> dict[str, Any]:
+    """OIP gives a tensor one ``datatype``: FP64, which every input accepts and the
+    results are exact in (what generic clients and load generators send); every datatype
+    accepted is listed in the tensor's ``parameters.datatypes``. From ``fields.py``."""
+    return {
+        "name": name, "versions": ["1"], "platform": "lossd",
+        "inputs": [{"name": t.name, "datatype": "FP64", "shape": list(t.shape),
+                    "parameters": {"datatypes": ",".join(sorted(t.datatypes, key=fields.PREFERRED_TYPES.index))}}
+                   for t in fields.OIP_INPUTS[name]],
+        "outputs": [{"name": out, "datatype": "FP64", "shape": list(shape), **({"parameters": params} if params else {})}
+                    for out, shape, params in fields.OIP_OUTPUTS[name]],
+    }
 
 
-class Model:
-    def __init__(self, name: str, inputs: dict[str, tuple[str, ...]], options: tuple[str, ...],
-                 outputs: list[dict[str, Any]], compute) -> None:
-        self.name = name
-        self.inputs = inputs
-        self.options = set(options)
-        self.outputs = outputs
-        self.compute = compute
-
-    def metadata(self) -> dict[str, Any]:
-        """OIP gives a tensor one ``datatype``: FP64, which every input accepts and the
-        results are exact in (what generic clients and load generators send); every
-        datatype accepted is listed in the tensor's ``parameters.datatypes``."""
-        return {
-            "name": self.name, "versions": ["1"], "platform": "lossd",
-            "inputs": [{"name": n, "datatype": "FP64",
-                        "shape": [-1, -1] if n in ("predictions", "labels", "features") else [-1],
-                        "parameters": {"datatypes": ",".join(sorted(types, key=_PREFERRED.index))}}
-                       for n, types in self.inputs.items()],
-            "outputs": self.outputs,
-        }
+MODELS = fields.OPERATIONS
 
 
-# the order datatypes are listed in metadata: the one to send first
-_PREFERRED = ("FP64", "FP32", "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
-_ARRAY_OUT = {"parameters": {"datatypes": "FP64,FP32"}}  # FP32 with the parameter dtype = float32
-
-
-def _stat_outputs() -> list[dict[str, Any]]:
-    return [{"name": s, "datatype": "FP64", "shape": [1]} for s in _STATS]
-
-
-MODELS = {
-    "loss": Model("loss", _LOSS_INPUTS, tuple(LossOptions.model_fields),
-                  [{"name": "loss", "datatype": "FP64", "shape": [1]},
-                   {"name": "losses", "datatype": "FP64", "shape": [-1, -1], **_ARRAY_OUT}, *_stat_outputs()],
-                  compute_loss),
-    "grad": Model("grad", _GRAD_INPUTS, (*LossOptions.model_fields, *ParamsOptions.model_fields),
-                  [{"name": "loss", "datatype": "FP64", "shape": [1]},
-                   {"name": "losses", "datatype": "FP64", "shape": [-1, -1], **_ARRAY_OUT},
-                   {"name": "grad", "datatype": "FP64", "shape": [-1, -1], **_ARRAY_OUT},
-                   {"name": "coef_grad", "datatype": "FP64", "shape": [-1]},
-                   {"name": "intercept_grad", "datatype": "FP64", "shape": [1]}, *_stat_outputs()],
-                  compute_grad),
-}
-
-
-def _model(name: str) -> Model:
-    model = MODELS.get(name)
-    if model is None:
-        raise OipError(f"unknown model {name!r}; this server has {', '.join(MODELS)}", status=404)
-    return model
-
-
-def _options(model: Model, req: InferRequest) -> dict[str, Any]:
-    """Request parameters → the contract's options (same names as the JSON fields)."""
-    out: dict[str, Any] = {}
-    for key, value in req.parameters.items():
-        if key in _PROTOCOL_PARAMS:
-            continue
-        if key not in model.options:
-            raise OipError(f"unknown parameter {key!r} for model {model.name!r}")
-        if key == "quantiles" and isinstance(value, str):  # parameters are scalars in OIP
-            try:
-                value = [float(q) for q in value.split(",") if q.strip()]
-            except ValueError:
-                raise OipError(f"parameter quantiles = {value!r} is not a comma-separated list of numbers") from None
-        out[key] = value
-    return out
-
-
-def _tensor_scalar(name: str, arr: np.ndarray) -> float:
-    if arr.size != 1:
-        raise OipError(f"input {name!r} must hold one value, got shape {list(arr.shape)}")
-    return float(arr.reshape(-1)[0])
-
-
-def infer(model: Model, req: InferRequest, max_elements: int | None = None) -> tuple[bytes, dict[str, str], int]:
-    data = _options(model, req)
-    inputs = dict(req.inputs)
-    if "pos_weight" in inputs:  # per-column weights travel as a tensor
-        if "pos_weight" in data:
-            raise OipError("pos_weight is given both as a parameter and as an input tensor")
-        pw = inputs.pop("pos_weight")
-        data["pos_weight"] = pw.astype(np.float64).reshape(-1).tolist() if pw.ndim else float(pw)
-    if "intercept" in inputs:
-        if "intercept" in data:
-            raise OipError("intercept is given both as a parameter and as an input tensor")
-        data["intercept"] = _tensor_scalar("intercept", inputs.pop("intercept"))
-    data.update(inputs)
-    try:
-        payload, n = model.compute(data, max_elements)
-    except RequestError as exc:
-        raise OipError(exc.message) from None
-    outputs = _outputs(payload)
-    if req.outputs is not None:
-        outputs = _select(model, outputs, [name for name, _ in req.outputs])
-    binary = {name: (req.binary_output if flag is None else flag)
-              for name, flag in (req.outputs or [(name, None) for name, _ in outputs])}
-    body, headers = encode_response(InferResponse(model.name, req.id, outputs), binary)
-    return body, headers, n
-
-
-def _outputs(payload: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
-    out: list[tuple[str, np.ndarray]] = []
-    if payload.get("loss") is not None:
-        out.append(("loss", np.array([payload["loss"]], dtype=np.float64)))
-    if payload.get("losses") is not None:
-        out.append(("losses", payload["losses"]))
-    g = payload.get("grad")
-    if isinstance(g, dict):  # wrt params
-        out.append(("coef_grad", np.asarray(g["coef"], dtype=np.float64)))
-        out.append(("intercept_grad", np.array([g["intercept"]], dtype=np.float64)))
-    elif g is not None:
-        out.append(("grad", g))
-    for key, value in (payload.get("stats") or {}).items():
-        out.append((key, np.array([value], dtype=np.float64)))
-    return out
-
-
-def _select(model: Model, outputs: list[tuple[str, np.ndarray]], names: list[str]):
-    have = dict(outputs)
-    known = {o["name"] for o in model.outputs}
-    picked = []
-    for name in names:
-        if name in have:
-            picked.append((name, have[name]))
-        elif name in known or (name.startswith("p") and name[1:].replace(".", "", 1).isdigit()):
-            raise OipError(f"output {name!r} is not produced by this request "
-                           f"(it produces {', '.join(have)})")
-        else:
-            raise OipError(f"unknown output {name!r}; model {model.name!r} has {', '.join(known)} "
-                           "and pNN quantiles")
-    return picked
-
-
-def _decode_and_infer(body: bytes | memoryview, model: Model, header_length: str | None, limits: BodyLimits):
-    return infer(model, decode_request(body, header_length, model.inputs, limits.max_json_depth),
-                 limits.max_elements)
+def _model(name: str) -> str:
+    if name not in MODELS:
+        raise ApiError(404, f"unknown model {name!r}; this server has {', '.join(MODELS)}")
+    return name
 
 
 _MODEL_PARAM = {"name": "model_name", "in": "path", "required": True,
@@ -249,12 +120,12 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
     @app.get("/v2/models/{model_name}", tags=tags, summary="Model metadata: inputs and outputs",
              response_model=None, openapi_extra=_model_doc("ModelMetadata"))
     async def model_metadata(request: Request) -> Response:
-        return JSONResponse(_model(request.path_params["model_name"]).metadata())
+        return JSONResponse(metadata_of(_model(request.path_params["model_name"])))
 
     @app.get("/v2/models/{model_name}/versions/{version}", tags=tags, include_in_schema=False)
     async def model_version_metadata(request: Request) -> Response:
         _version(request.path_params["version"])
-        return JSONResponse(_model(request.path_params["model_name"]).metadata())
+        return JSONResponse(metadata_of(_model(request.path_params["model_name"])))
 
     @app.get("/v2/models/{model_name}/ready", tags=tags, summary="200 once the model's kernels are compiled",
              response_model=None, response_class=Response, openapi_extra=_model_doc())
@@ -266,7 +137,7 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
         model = _model(request.path_params["model_name"])
         header_length = request.headers.get(HEADER_LENGTH)
         # binary tensors cost nothing to decode: only all-JSON bodies go to the large lane
-        content, headers, n = await run_on_body(request, pool, runner, inline_bytes, _decode_and_infer,
+        content, headers, n = await run_on_body(request, pool, runner, inline_bytes, run_oip,
                                                 model, header_length, limits, lane=header_length is None)
         metrics.elements.labels(request.scope["route"].path).inc(n)
         return Response(content, headers=headers)
@@ -292,4 +163,4 @@ OPENAPI_MODELS = (InferenceRequest, InferenceResponse, ModelMetadata, OipErrorBo
 
 def _version(version: str) -> None:
     if version != "1":
-        raise OipError(f"unknown model version {version!r}; the models have version 1", status=404)
+        raise ApiError(404, f"unknown model version {version!r}; the models have version 1")

@@ -12,6 +12,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .fields import PARAMS_OPTIONS, PREDICTIONS_OPTIONS, WRT
+
+_D = PREDICTIONS_OPTIONS  # names and defaults: fields.py
+
 Input = Literal["logits", "probabilities", "margins"]
 LossName = Literal["cross_entropy", "focal", "hinge", "squared_hinge", "modified_huber",
                    "exponential", "zero_one", "squared_error"]
@@ -32,29 +36,29 @@ class LossOptions(BaseModel):
 
     model_config = _STRICT
 
-    input: Input = Field("logits", description="What `predictions` hold: logits s, probabilities "
+    input: Input = Field(_D["input"], description="What `predictions` hold: logits s, probabilities "
                          "p = σ(s) in [0, 1], or margins s with labels in {-1, +1}.")
-    loss: LossName = Field("cross_entropy", description="Loss of the margin m = y'·s (y' = 2y - 1 "
+    loss: LossName = Field(_D["loss"], description="Loss of the margin m = y'·s (y' = 2y - 1 "
                            "for {0, 1} labels). Only cross_entropy, focal and squared_error accept "
                            "probabilities.")
-    reduction: Reduction = Field("mean", description="mean = Σ w·l / Σ w over all N·K elements; "
+    reduction: Reduction = Field(_D["reduction"], description="mean = Σ w·l / Σ w over all N·K elements; "
                                  "sum = Σ w·l; none = the per-element (weighted) losses.")
     pos_weight: float | list[float] | None = Field(
-        None, description="Weight of the positive term (PyTorch semantics): a scalar, or one per "
+        _D["pos_weight"], description="Weight of the positive term (PyTorch semantics): a scalar, or one per "
         "column for N×K input. cross_entropy only.", examples=[2.0])
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="y ← y(1 - ls) + ls/2 "
+    label_smoothing: float = Field(_D["label_smoothing"], ge=0.0, lt=1.0, description="y ← y(1 - ls) + ls/2 "
                                    "(Keras). {0, 1}-label forms only.")
-    eps: float | None = Field(None, gt=0.0, lt=0.5, description="probabilities only. null: each "
+    eps: float | None = Field(_D["eps"], gt=0.0, lt=0.5, description="probabilities only. null: each "
                               "log term is floored at -100 (PyTorch); a number: p is clipped to "
                               "[eps, 1 - eps] (scikit-learn).")
-    gamma: float = Field(2.0, ge=0.0, description="Focusing parameter of the focal loss.")
-    alpha: float | None = Field(None, ge=0.0, le=1.0, description="Class balance of the focal "
+    gamma: float = Field(_D["gamma"], ge=0.0, description="Focusing parameter of the focal loss.")
+    alpha: float | None = Field(_D["alpha"], ge=0.0, le=1.0, description="Class balance of the focal "
                                 "loss: α for positives, 1 - α for negatives.")
-    quantiles: list[Unit] = Field(default_factory=list, max_length=1000, description="Quantiles "
+    quantiles: list[Unit] = Field(default_factory=lambda: list(_D["quantiles"]), max_length=1000, description="Quantiles "
                                   "of the per-element losses to add to `stats` as p50-style keys.",
                                   examples=[[0.5, 0.99]])
     dtype: Literal["float64", "float32"] = Field(
-        "float64", description="float32: predictions, labels and sample_weight are float32 values "
+        _D["dtype"], description="float32: predictions, labels and sample_weight are float32 values "
         "(each number rounded to the nearest float32; a finite one beyond the float32 range is a 422 "
         "naming field and index) and losses/grad are returned as float32. The kernels compute in "
         "float64 either way; every path and transport gives the same bits.")
@@ -78,13 +82,13 @@ class LossRequest(LossOptions):
 
 
 class GradOptions(LossOptions):
-    wrt: Literal["predictions"] = Field("predictions", description="Gradient w.r.t. the predictions.")
+    wrt: Literal["predictions"] = Field(WRT[0], description="Gradient w.r.t. the predictions.")
 
 
 class GradRequest(LossRequest):
     """Body of POST /grad for d(loss)/d(predictions)."""
 
-    wrt: Literal["predictions"] = Field("predictions", description="Gradient w.r.t. the predictions.")
+    wrt: Literal["predictions"] = Field(WRT[0], description="Gradient w.r.t. the predictions.")
 
 
 class ParamsOptions(BaseModel):
@@ -93,8 +97,8 @@ class ParamsOptions(BaseModel):
     model_config = _STRICT
 
     wrt: Literal["params"]
-    intercept: float = Field(0.0, description="Bias b of z = X·coef + b.")
-    l2: float = Field(0.0, ge=0.0, description="Adds (l2/2)·‖coef‖² to the loss and l2·coef to "
+    intercept: float = Field(PARAMS_OPTIONS["intercept"], description="Bias b of z = X·coef + b.")
+    l2: float = Field(PARAMS_OPTIONS["l2"], ge=0.0, description="Adds (l2/2)·‖coef‖² to the loss and l2·coef to "
                       "its gradient; the intercept is not penalised.")
 
 

@@ -1,5 +1,5 @@
 """Pydantic models of the Open Inference Protocol v2 bodies, for ``/openapi.json`` and
-``/docs`` only: the codec (codec_oip.py) reads requests by hand, binary tensors
+``/docs`` only: the codec (codecs/oip_json.py) reads requests by hand, binary tensors
 included, and writes its own exact error messages.
 """
 

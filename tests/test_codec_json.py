@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
-from lossd.service import codec_json
+from lossd.service.codecs import json as codec_json
 from lossd.service.errors import RequestError
 from lossd import kernels
-from lossd.service.routes_json import _ARRAY_FIELDS
+from lossd.service.fields import ARRAY_FIELDS as _ARRAY_FIELDS
 
 FIELDS = _ARRAY_FIELDS
 

@@ -23,8 +23,8 @@ import orjson
 import pytest
 
 from lossd import kernels
-from lossd.service import codec_json
-from lossd.service.routes_json import _ARRAY_FIELDS
+from lossd.service.codecs import json as codec_json
+from lossd.service.fields import ARRAY_FIELDS as _ARRAY_FIELDS
 
 from service_helpers import assert_oip_result, assert_same, jsonable, oip_frame, oip_outputs, strict_json
 

@@ -28,7 +28,7 @@ finally:
     del os.environ["LOCUST_SKIP_MONKEY_PATCH"]
 
 from lossd import kernels
-from lossd.service.codec_oip import InferResponse, encode_response
+from lossd.service.codecs.oip_json import InferResponse, encode_response
 from loadtests import budgets, payloads
 from service_helpers import lossd_serve
 

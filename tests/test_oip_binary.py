@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from lossd import kernels
-from lossd.service.codec_oip import decode_request
+from lossd.service.codecs.oip_json import decode_request
 
 from oip_helpers import (HCL, RNG, assert_bits, binary_frame, bt, expected_outputs, hard01, jt, logits,
                          parse_response, post)

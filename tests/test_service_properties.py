@@ -28,8 +28,9 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from lossd import kernels
-from lossd.service import Settings, codec_json, create_app
-from lossd.service.routes_json import _ARRAY_FIELDS
+from lossd.service import Settings, create_app
+from lossd.service.codecs import json as codec_json
+from lossd.service.fields import ARRAY_FIELDS as _ARRAY_FIELDS
 
 from profiles import examples
 from service_helpers import assert_oip_result, assert_same, jsonable, oip_frame, oip_outputs, strict_json

@@ -30,7 +30,9 @@ def test_wheel_holds_only_the_lossd_package(tmp_path):
     dist_info = {t for t in top if t.endswith(".dist-info")}
     assert top - dist_info == {"lossd"}, sorted(top)
     for module in ("lossd/__init__.py", "lossd/bake.py", "lossd/kernels/__init__.py", "lossd/kernels/_target.py",
-                   "lossd/service/__init__.py", "lossd/service/cli.py", "lossd/service/drain.py"):
+                   "lossd/service/__init__.py", "lossd/service/cli.py", "lossd/service/drain.py",
+                   "lossd/service/codecs/__init__.py", "lossd/service/codecs/json.py", "lossd/service/codecs/oip_json.py",
+                   "lossd/service/codecs/oip_binary.py", "lossd/service/codecs/base.py"):
         assert module in names, module
     assert not any(n.startswith(("kernels/", "service/", "tests/", "bench/")) for n in names)
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info.pop()}/entry_points.txt").decode()

@@ -21,6 +21,15 @@ from ._results import GradResult, LossResult, ParamGrad
 # Outputs that are not statistics; every other output is a ``stats`` key.
 _NOT_STATS = frozenset({"loss", "losses", "grad", "coef_grad", "intercept_grad"})
 
+# The service's contract (``lossd.service.fields``), mirrored: the client must not import
+# the service. tests/test_fields.py checks that the two agree.
+LOSS_DEFAULTS = {"input": "logits", "loss": "cross_entropy", "reduction": "mean", "pos_weight": None,
+                 "label_smoothing": 0.0, "eps": None, "gamma": 2.0, "alpha": None, "quantiles": (),
+                 "dtype": "float64"}
+PARAMS_DEFAULTS = {"intercept": 0.0, "l2": 0.0}
+INPUTS = {"loss": ("predictions", "labels", "sample_weight", "pos_weight"),
+          "grad": ("predictions", "labels", "sample_weight", "pos_weight", "features", "coef", "intercept")}
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -84,13 +93,12 @@ def loss_parameters(*, input: Any, loss: Any, reduction: Any, label_smoothing: A
                     gamma: Any, alpha: Any, quantiles: Sequence[float], dtype: Any) -> dict[str, Any]:
     """The request parameters for the scalar options that differ from the defaults."""
     params: dict[str, Any] = {}
-    for key, value, default in (("input", input, "logits"), ("loss", loss, "cross_entropy"),
-                                ("reduction", reduction, "mean"), ("dtype", dtype, "float64")):
-        if not (isinstance(value, str) and value == default):
+    for key, value in (("input", input), ("loss", loss), ("reduction", reduction), ("dtype", dtype)):
+        if not (isinstance(value, str) and value == LOSS_DEFAULTS[key]):
             params[key] = value
-    for key, value, default in (("label_smoothing", label_smoothing, 0.0), ("gamma", gamma, 2.0)):
+    for key, value in (("label_smoothing", label_smoothing), ("gamma", gamma)):
         value = _number(value)
-        if _differs(value, default):
+        if _differs(value, LOSS_DEFAULTS[key]):
             params[key] = value
     for key, value in (("eps", eps), ("alpha", alpha)):
         if value is not None:
@@ -125,7 +133,7 @@ def logreg_call(features: Any, labels: Any, coef: Any, intercept: Any, *, sample
     params: dict[str, Any] = {"wrt": "params"}
     for key, value in (("intercept", intercept), ("l2", l2)):
         value = _number(value)
-        if _differs(value, 0.0):
+        if _differs(value, PARAMS_DEFAULTS[key]):
             params[key] = value
     inputs = [("features", float_tensor("features", features)), ("labels", label_tensor(labels)),
               ("coef", float_tensor("coef", coef))]

@@ -1,6 +1,8 @@
-"""JSON codec: request bodies to NumPy arrays and results to bytes.
+"""The JSON API's codec: /loss and /grad bodies to the request model, results to bytes.
 
-Kept apart from the compute and from routing (as MLServer keeps its codecs). Large arrays
+``JsonCodec`` (``CODEC``) follows ``base.Codec``; the functions below it are its parts
+(the OIP codec reuses the parser and the number writing). Kept apart from the compute
+and from routing (as MLServer keeps its codecs). Large arrays
 are never walked in Python on the good path: ``orjson`` parses the body once, NumPy
 converts each list in C, and ``orjson`` writes arrays straight from their buffers.
 A key repeated in an object, at any depth, is refused on every path: simdjson lists
@@ -13,12 +15,17 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 
-from .errors import RequestError
+from .. import fields
+from ..errors import RequestError
+from ..limits import BodyLimits, JsonTooDeep, check_json_depth
+from ..requests import ParamsRequest, Result, build
+from .base import Decoded
 
 try:  # simdjson parses number arrays straight into a double buffer, no Python floats
     import simdjson
@@ -397,3 +404,47 @@ def nonfinite_as_text(a: np.ndarray) -> list:
     if a.ndim > 1:
         return [nonfinite_as_text(row) for row in a]
     return [x if math.isfinite(x) else _nonfinite_text(x) for x in a.tolist()]
+
+
+# ------------------------------------------------------------------------------ codec
+
+class JsonCodec:
+    """``POST /loss`` and ``POST /grad``: a JSON object with the arrays and options as
+    fields; the answer a JSON object (non-finite numbers as strings)."""
+
+    name = "json"
+
+    def decode(self, body: bytes | memoryview, op: str, headers: Mapping[str, str] | None = None,
+               limits: BodyLimits = BodyLimits()) -> Decoded:
+        try:
+            check_json_depth(body, limits.max_json_depth)
+        except JsonTooDeep as exc:
+            raise RequestError.at((), str(exc), kind="json_too_deep") from None
+        return Decoded(build(op, decode(body, fields.ARRAY_FIELDS), _json_array))
+
+    def encode(self, decoded: Decoded, result: Result) -> tuple[bytes, dict[str, str]]:
+        return encode(payload(decoded, result)), _JSON_HEADERS
+
+
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+def _json_array(name: str, value: Any) -> np.ndarray:
+    # the fast path's arrays arrive converted already
+    return value if isinstance(value, np.ndarray) else to_array(name, value)
+
+
+def payload(decoded: Decoded, result: Result) -> dict[str, Any]:
+    """The response object for ``result``: the fields of ``LossResponse``,
+    ``GradResponse`` or ``ParamsGradResponse``."""
+    request = decoded.request
+    if isinstance(request, ParamsRequest):
+        return {"loss": result.loss, "grad": {"coef": result.coef, "intercept": result.intercept}}
+    o = request.options
+    header = {"input": o.input, "loss_type": o.loss, "reduction": o.reduction}
+    if request.op == "loss":
+        return {"loss": result.loss, "losses": result.losses, "stats": result.stats, **header}
+    return {"loss": result.loss, "grad": result.grad, "losses": result.losses, "stats": result.stats, **header}
+
+
+CODEC = JsonCodec()

@@ -1,0 +1,402 @@
+"""The Open Inference Protocol v2 codec: infer requests to the request model, results
+to infer responses.
+
+``OipCodec`` (``CODEC``) follows ``base.Codec``. This module reads the JSON header (ids,
+inputs, parameters, outputs) and tensors given as JSON ``data``; tensors given as bytes
+after the header, and the framing of bodies that hold them, are ``oip_binary``'s. The
+request's parameters are the options, named as the JSON API's fields; a per-column
+``pos_weight`` and an ``intercept`` may come as tensors. Errors are ``RequestError``s
+(400 ``{"error": "..."}`` under /v2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from lossd.kernels import ParamGrad
+from lossd.kernels.api import float32_values
+
+from .. import fields
+from ..errors import RequestError
+from ..limits import BodyLimits, JsonTooDeep, check_json_depth
+from ..requests import Result, build
+from . import oip_binary
+from .base import Decoded
+from .json import NONFINITE, DuplicateKey, loads, nonfinite_as_text
+from .oip_binary import DATATYPES, HEADER_LENGTH, HEADER_NAME, datatype_of
+
+FLOAT_TYPES = fields.FLOAT_TYPES
+
+
+def _error(msg: str, *loc: Any) -> RequestError:
+    return RequestError.at(loc, msg)
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """An infer request as sent: tensors by name (arrays), parameters, outputs asked for."""
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    parameters: dict[str, Any]
+    outputs: list[tuple[str, bool | None]] | None  # (name, binary_data) as asked; None: all
+    binary_output: bool  # the request-level binary_data_output
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    id: str | None
+    outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+
+_TENSOR_KEYS = ("name", "datatype", "shape", "parameters", "data")
+_OUTPUT_KEYS = ("name", "parameters")
+
+
+def _object_or_none(v: Any, where: str) -> dict:
+    """An optional JSON object: absent or null is empty; anything else (a list, 0, "")
+    is a 400 rather than read as empty."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise _error(f"{where} must be an object, got {type(v).__name__}")
+    return v
+
+
+def _known_keys(obj: dict, keys: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in obj if k not in keys]
+    if unknown:
+        raise _error(f"{where}: unknown field {unknown[0]!r} (expected {', '.join(keys)})")
+
+
+def _param_bool(params: dict, key: str, where: str) -> bool | None:
+    v = params.get(key)
+    if v is None or isinstance(v, bool):
+        return v
+    raise _error(f"{where} parameter {key} must be true or false, got {v!r}")
+
+
+def decode_request(body: bytes | memoryview, header_length: str | None, allowed: dict[str, tuple[str, ...]],
+                   max_depth: int | None = None) -> InferRequest:
+    """Parse an infer request. ``allowed`` maps each input name to its datatypes; a JSON
+    header nested deeper than ``max_depth`` is refused."""
+    header_raw, blob = oip_binary.split(body, header_length)
+    try:
+        check_json_depth(header_raw, max_depth)
+    except JsonTooDeep as exc:
+        raise _error(f"the request header is refused: {exc}") from None
+    try:
+        header = loads(header_raw)
+    except DuplicateKey as exc:
+        raise _error(f"the request header has a {exc}" if exc.path else
+                     f"the request header has a {exc} at its top level") from None
+    except ValueError as exc:
+        if header_length is None and b'"binary_data_size"' in bytes(body):
+            raise _error(f"the body holds binary tensors (binary_data_size) but no {HEADER_NAME} "
+                         "header gives the length of its JSON header") from None
+        raise _error(f"the request header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise _error("the request must be a JSON object")
+    unknown = set(header) - {"id", "inputs", "outputs", "parameters"}
+    if unknown:
+        raise _error(f"unknown request field {sorted(unknown)[0]!r} (expected id, inputs, outputs, parameters)")
+    rid = header.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise _error("id must be a string")
+    params = _object_or_none(header.get("parameters"), "parameters")
+
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise _error("inputs must be a non-empty list of tensors")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, t in enumerate(raw_inputs):
+        name, arr, used = _decode_input(i, t, blob, offset, allowed, header_length is not None)
+        if name in inputs:
+            raise _error(f"input {name!r} appears twice")
+        inputs[name] = arr
+        offset += used
+    oip_binary.check_consumed(offset, blob)
+
+    outputs = header.get("outputs")
+    asked = None
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise _error("outputs must be a list")
+        asked = []
+        for j, o in enumerate(outputs):
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise _error(f"outputs[{j}] must be an object with a name")
+            _known_keys(o, _OUTPUT_KEYS, f"outputs[{j}] ({o['name']!r})")
+            oparams = _object_or_none(o.get("parameters"), f"outputs[{j}].parameters")
+            if any(o["name"] == a for a, _ in asked):
+                raise _error(f"output {o['name']!r} is asked for twice")
+            asked.append((o["name"], _param_bool(oparams, "binary_data", f"output {o['name']!r}")))
+    binary_output = bool(_param_bool(params, "binary_data_output", "request"))
+    return InferRequest(rid, inputs, params, asked, binary_output)
+
+
+def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[str, ...]], framed: bool):
+    if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+        raise _error(f"inputs[{i}] must be an object with a name", "inputs", i)
+    name = t["name"]
+    _known_keys(t, _TENSOR_KEYS, f"input {name!r}")
+    if name not in allowed:
+        raise _error(f"unknown input tensor {name!r}; this model takes {', '.join(allowed)}", "inputs", i)
+    dtname = t.get("datatype")
+    if not isinstance(dtname, str) or dtname not in DATATYPES:  # a list or object is unhashable
+        raise _error(f"input {name!r}: unknown datatype {dtname!r}", "inputs", i)
+    if dtname not in allowed[name]:
+        raise _error(f"input {name!r}: datatype {dtname} is not accepted (use {', '.join(allowed[name])})", "inputs", i)
+    shape = t.get("shape")
+    if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                               for d in shape)):
+        raise _error(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}", "inputs", i)
+    count = math.prod(shape)
+    dtype = DATATYPES[dtname]
+    # other parameters (MLServer's content_type, ...) are the clients' own: ignored
+    tparams = _object_or_none(t.get("parameters"), f"input {name!r}: parameters")
+    size = tparams.get("binary_data_size")
+    if size is not None:
+        if "data" in t:
+            raise _error(f"input {name!r} has both data and binary_data_size", "inputs", i)
+        return name, oip_binary.binary_tensor(name, size, shape, dtname, blob, offset, framed, ("inputs", i)), size
+    if "data" not in t:
+        raise _error(f"input {name!r} has neither data nor binary_data_size", "inputs", i)
+    return name, _json_tensor(name, t["data"], shape, dtname, dtype, count), 0
+
+
+def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.dtype, count: int) -> np.ndarray:
+    if not isinstance(data, list):  # the protocol's tensor data is an array, even of one value
+        raise _error(f"input {name!r}: data must be a (flat or nested) list, got {type(data).__name__}")
+    try:
+        arr = np.array(data)
+    except (ValueError, TypeError):
+        raise _error(f"input {name!r}: data must be a flat (row-major) or nested list of numbers") from None
+    if dtype.kind in "iu" and arr.dtype.kind in "fO":  # fractions, or integers beyond int64
+        arr = _integers(name, data, dtname, dtype)
+    if arr.dtype.kind not in "fiub":
+        if dtname in FLOAT_TYPES and arr.dtype.kind in "OU":  # non-finite numbers written as strings
+            flat = _flatten(data)  # from the list: NumPy turned its numbers into strings
+            bad = next((j for j, v in enumerate(flat) if not (isinstance(v, (int, float)) or (isinstance(v, str) and v in NONFINITE))), None)
+            if bad is not None:
+                raise _error(f"input {name!r}: data[{bad}] = {flat[bad]!r} is not a number")
+            try:
+                arr = np.array([NONFINITE.get(v, v) if isinstance(v, str) else v for v in flat], dtype=dtype)
+            except OverflowError:
+                raise _error(f"input {name!r}: data holds an integer beyond the {dtname} range") from None
+        else:
+            raise _error(f"input {name!r}: data must hold numbers ({dtname})")
+    if arr.size != count:
+        raise _error(f"input {name!r}: data has {arr.size} elements, shape {shape} needs {count}")
+    if dtname == "FP32" and arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        narrow, j = float32_values(arr)
+        if j is not None:
+            raise _error(f"input {name!r}: data[{j}] = {float(arr.reshape(-1)[j])!r} is beyond the FP32 range")
+        arr = narrow
+    if dtname == "BOOL" and arr.dtype.kind != "b":
+        raise _error(f"input {name!r}: BOOL data must be true/false")
+    if dtype.kind in "iu" and arr.size:
+        info = np.iinfo(dtype)  # astype would wrap 300 to 44 in INT8 without a word
+        if arr.min() < info.min or arr.max() > info.max:
+            j = int(np.flatnonzero(((arr < info.min) | (arr > info.max)).reshape(-1))[0])
+            raise _out_of_range(name, j, arr.reshape(-1)[j].item(), dtname, info)
+    return oip_binary.reshape(name, arr.astype(dtype, copy=False), shape)
+
+
+def _integers(name: str, data: list, dtname: str, dtype: np.dtype) -> np.ndarray:
+    """Integer data that NumPy could not hold as int64 (it made floats or objects of
+    them): exact when every value fits ``dtype`` (UINT64 up to 2^64 - 1). Else 400: a
+    value outside the datatype's range is named first (orjson reads an integer beyond
+    64 bits as a float, so an integral float counts too), then one that is no integer."""
+    flat = _flatten(data) if isinstance(data, list) else [data]
+    info = np.iinfo(dtype)
+    for j, v in enumerate(flat):
+        if (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and not info.min <= v <= info.max):
+            raise _out_of_range(name, j, v, dtname, info)
+    bad = next((j for j, v in enumerate(flat) if not isinstance(v, int) or isinstance(v, bool)), None)
+    if bad is not None:
+        raise _error(f"input {name!r}: {dtname} data must be integers, got data[{bad}] = {flat[bad]!r}")
+    return np.array(flat, dtype=dtype)
+
+
+def _out_of_range(name: str, j: int, v: int, dtname: str, info: np.iinfo) -> RequestError:
+    return _error(f"input {name!r}: data[{j}] = {v} is outside the {dtname} range [{info.min}, {info.max}]")
+
+
+def _flatten(data: list) -> list:
+    out: list = []
+    for v in data:
+        if isinstance(v, list):
+            out.extend(_flatten(v))
+        else:
+            out.append(v)
+    return out
+
+
+def encode_response(resp: InferResponse, binary: dict[str, bool], parameters: dict[str, Any] | None = None
+                    ) -> tuple[bytes, dict[str, str]]:
+    """Body and headers: JSON outputs inline; binary ones appended after the JSON header
+    (``oip_binary``)."""
+    outs = []
+    blobs: list[bytes] = []
+    for name, arr in resp.outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape)}
+        if binary.get(name):
+            data = oip_binary.output_bytes(arr)
+            entry["parameters"] = {"binary_data_size": len(data)}
+            blobs.append(data)
+        else:
+            entry["data"] = _json_data(arr)
+        outs.append(entry)
+    head: dict[str, Any] = {"model_name": resp.model_name, "model_version": "1"}
+    if resp.id is not None:
+        head["id"] = resp.id
+    if parameters:
+        head["parameters"] = parameters
+    head["outputs"] = outs
+    return oip_binary.frame(orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY), blobs)
+
+
+def _json_data(arr: np.ndarray):
+    flat = arr.reshape(-1)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return nonfinite_as_text(flat)
+    return flat  # orjson writes it from the buffer
+
+
+# ------------------------------------------------------------------------------ codec
+
+# Parameters of the protocol itself (and of tritonclient) that are not loss options.
+PROTOCOL_PARAMS = frozenset({"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start",
+                             "sequence_end", "headers"})
+# Every option each model takes as a request parameter.
+MODEL_OPTIONS = {
+    "loss": frozenset(fields.PREDICTIONS_OPTIONS),
+    "grad": frozenset({*fields.PREDICTIONS_OPTIONS, "wrt", *fields.PARAMS_OPTIONS}),
+}
+ALLOWED_INPUTS = {model: {t.name: t.datatypes for t in tensors} for model, tensors in fields.OIP_INPUTS.items()}
+OUTPUT_NAMES = {model: tuple(name for name, _, _ in outs) for model, outs in fields.OIP_OUTPUTS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class InferContext:
+    """What the answer needs besides the result: the model, the request id, the outputs
+    asked for and which of them go as binary."""
+    model: str
+    id: str | None
+    outputs: tuple[tuple[str, bool | None], ...] | None
+    binary_output: bool
+
+
+class OipCodec:
+    """``POST /v2/models/{loss,grad}/infer``: JSON tensors, binary tensors
+    (``oip_binary``), or both in one body."""
+
+    name = "oip"
+
+    def decode(self, body: bytes | memoryview, op: str, headers: Mapping[str, str] | None = None,
+               limits: BodyLimits = BodyLimits()) -> Decoded:
+        header_length = None if headers is None else headers.get(HEADER_LENGTH)
+        req = decode_request(body, header_length, ALLOWED_INPUTS[op], limits.max_json_depth)
+        data = _options(op, req.parameters)
+        inputs = req.inputs
+        if "pos_weight" in inputs:  # per-column weights travel as a tensor: taken as it is
+            if "pos_weight" in data:
+                raise _error("pos_weight is given both as a parameter and as an input tensor", "parameters",
+                             "pos_weight")
+            pw = inputs.pop("pos_weight")
+            data["pos_weight"] = pw.reshape(-1) if pw.ndim else float(pw)
+        if "intercept" in inputs:
+            if "intercept" in data:
+                raise _error("intercept is given both as a parameter and as an input tensor", "parameters",
+                             "intercept")
+            data["intercept"] = _tensor_scalar("intercept", inputs.pop("intercept"))
+        data.update(inputs)
+        request = build(op, data, _as_is)
+        ctx = InferContext(op, req.id, None if req.outputs is None else tuple(req.outputs), req.binary_output)
+        return Decoded(request, ctx)
+
+    def encode(self, decoded: Decoded, result: Result) -> tuple[bytes, dict[str, str]]:
+        ctx: InferContext = decoded.context
+        outputs = outputs_of(result)
+        if ctx.outputs is not None:
+            outputs = _select(ctx.model, outputs, [name for name, _ in ctx.outputs])
+        asked = ctx.outputs or [(name, None) for name, _ in outputs]
+        binary = {name: (ctx.binary_output if flag is None else flag) for name, flag in asked}
+        return encode_response(InferResponse(ctx.model, ctx.id, outputs), binary)
+
+
+def _as_is(name: str, value: np.ndarray) -> np.ndarray:
+    return value  # decoded in the tensor's own datatype: the kernels take it as it is
+
+
+def _options(model: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Request parameters → the contract's options (same names as the JSON fields)."""
+    out: dict[str, Any] = {}
+    known = MODEL_OPTIONS[model]
+    for key, value in parameters.items():
+        if key in PROTOCOL_PARAMS:
+            continue
+        if key not in known:
+            raise _error(f"unknown parameter {key!r} for model {model!r}", "parameters", key)
+        if key == "quantiles" and isinstance(value, str):  # parameters are scalars in OIP
+            try:
+                value = [float(q) for q in value.split(",") if q.strip()]
+            except ValueError:
+                raise _error(f"parameter quantiles = {value!r} is not a comma-separated list of numbers",
+                             "parameters", key) from None
+        out[key] = value
+    return out
+
+
+def _tensor_scalar(name: str, arr: np.ndarray) -> float:
+    if arr.size != 1:
+        raise _error(f"input {name!r} must hold one value, got shape {list(arr.shape)}", name)
+    return float(arr.reshape(-1)[0])
+
+
+def outputs_of(result: Result) -> list[tuple[str, np.ndarray]]:
+    """A kernel result as OIP outputs: loss, losses, grad (or coef_grad and
+    intercept_grad), then the statistics in the kernels' order."""
+    if isinstance(result, ParamGrad):
+        return [("loss", np.array([result.loss], dtype=np.float64)),
+                ("coef_grad", np.asarray(result.coef, dtype=np.float64)),
+                ("intercept_grad", np.array([result.intercept], dtype=np.float64))]
+    out: list[tuple[str, np.ndarray]] = []
+    if result.loss is not None:
+        out.append(("loss", np.array([result.loss], dtype=np.float64)))
+    if result.losses is not None:
+        out.append(("losses", result.losses))
+    g = getattr(result, "grad", None)
+    if g is not None:
+        out.append(("grad", g))
+    for key, value in (result.stats or {}).items():
+        out.append((key, np.array([value], dtype=np.float64)))
+    return out
+
+
+def _select(model: str, outputs: list[tuple[str, np.ndarray]], names: list[str]):
+    have = dict(outputs)
+    known = OUTPUT_NAMES[model]
+    picked = []
+    for name in names:
+        if name in have:
+            picked.append((name, have[name]))
+        elif name in known or (name.startswith("p") and name[1:].replace(".", "", 1).isdigit()):
+            raise _error(f"output {name!r} is not produced by this request "
+                         f"(it produces {', '.join(have)})", "outputs")
+        else:
+            raise _error(f"unknown output {name!r}; model {model!r} has {', '.join(known)} "
+                         "and pNN quantiles", "outputs")
+    return picked
+
+
+CODEC = OipCodec()
