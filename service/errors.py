@@ -117,7 +117,8 @@ def _union_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
     indexed = [e for e in clean if len(e["loc"]) > 1]
     if indexed:
         return indexed[0]
-    wants = [_WANTS.get(e["type"]) for e in clean]
+    # the branch of the non-finite spellings ("Infinity", ...) is documented, not named here
+    wants = [_WANTS.get(e["type"]) for e in clean if e["type"] != "literal_error"]
     if None in wants:
         return clean[0]
     return {**clean[0], "msg": "Input should be " + " or ".join(dict.fromkeys(wants))}

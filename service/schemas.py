@@ -8,9 +8,10 @@ pydantic costs more than the whole compute.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from .fields import PARAMS_OPTIONS, PREDICTIONS_OPTIONS, WRT
 
@@ -20,7 +21,16 @@ Input = Literal["logits", "probabilities", "margins"]
 LossName = Literal["cross_entropy", "focal", "hinge", "squared_hinge", "modified_huber",
                    "exponential", "zero_one", "squared_error"]
 Reduction = Literal["mean", "sum", "none"]
-Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _bounded(**bounds: float) -> object:
+    """A number whose range the schema documents but the kernels check, so that a value
+    out of range gets the kernels' message (``alpha = 1.5 is outside [0, 1]``) on every
+    transport and in the Python API alike."""
+    return Annotated[float, WithJsonSchema({"type": "number", **bounds})]
+
+
+Unit = _bounded(minimum=0.0, maximum=1.0)
 # JSON has no infinities: requests and responses spell them as strings
 Number = float | Literal["Infinity", "-Infinity"]
 Vector = list[Number]
@@ -29,6 +39,10 @@ FiniteVector = list[float]
 FiniteMatrix = list[list[float]]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+# pos_weight may spell non-finite values as the arrays do; the kernels then refuse them
+# with their own message (``pos_weight[1] is NaN``)
+_NonFinite = Literal["Infinity", "-Infinity", "+Infinity", "NaN"]
+_NONFINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "+Infinity": math.inf, "NaN": math.nan}
 
 
 class LossOptions(BaseModel):
@@ -43,16 +57,16 @@ class LossOptions(BaseModel):
                            "probabilities.")
     reduction: Reduction = Field(_D["reduction"], description="mean = Σ w·l / Σ w over all N·K elements; "
                                  "sum = Σ w·l; none = the per-element (weighted) losses.")
-    pos_weight: float | list[float] | None = Field(
+    pos_weight: float | _NonFinite | list[float | _NonFinite] | None = Field(
         _D["pos_weight"], description="Weight of the positive term (PyTorch semantics): a scalar, or one per "
         "column for N×K input. cross_entropy only.", examples=[2.0])
-    label_smoothing: float = Field(_D["label_smoothing"], ge=0.0, lt=1.0, description="y ← y(1 - ls) + ls/2 "
+    label_smoothing: _bounded(minimum=0.0, exclusiveMaximum=1.0) = Field(_D["label_smoothing"], description="y ← y(1 - ls) + ls/2 "
                                    "(Keras). {0, 1}-label forms only.")
-    eps: float | None = Field(_D["eps"], gt=0.0, lt=0.5, description="probabilities only. null: each "
+    eps: _bounded(exclusiveMinimum=0.0, exclusiveMaximum=0.5) | None = Field(_D["eps"], description="probabilities only. null: each "
                               "log term is floored at -100 (PyTorch); a number: p is clipped to "
                               "[eps, 1 - eps] (scikit-learn).")
-    gamma: float = Field(_D["gamma"], ge=0.0, description="Focusing parameter of the focal loss.")
-    alpha: float | None = Field(_D["alpha"], ge=0.0, le=1.0, description="Class balance of the focal "
+    gamma: _bounded(minimum=0.0) = Field(_D["gamma"], description="Focusing parameter of the focal loss.")
+    alpha: _bounded(minimum=0.0, maximum=1.0) | None = Field(_D["alpha"], description="Class balance of the focal "
                                 "loss: α for positives, 1 - α for negatives.")
     quantiles: list[Unit] = Field(default_factory=lambda: list(_D["quantiles"]), max_length=1000, description="Quantiles "
                                   "of the per-element losses to add to `stats` as p50-style keys.",
@@ -63,6 +77,15 @@ class LossOptions(BaseModel):
         "naming field and index) and losses/grad are returned as float32. The kernels compute in "
         "float64 either way; every path and transport gives the same bits.")
 
+
+    @field_validator("pos_weight")
+    @classmethod
+    def _pos_weight_numbers(cls, v):
+        if isinstance(v, str):
+            return _NONFINITE[v]
+        if isinstance(v, list):
+            return [_NONFINITE[x] if isinstance(x, str) else x for x in v]
+        return v
 
 class LossRequest(LossOptions):
     """Body of POST /loss."""
@@ -98,7 +121,7 @@ class ParamsOptions(BaseModel):
 
     wrt: Literal["params"]
     intercept: float = Field(PARAMS_OPTIONS["intercept"], description="Bias b of z = X·coef + b.")
-    l2: float = Field(PARAMS_OPTIONS["l2"], ge=0.0, description="Adds (l2/2)·‖coef‖² to the loss and l2·coef to "
+    l2: _bounded(minimum=0.0) = Field(PARAMS_OPTIONS["l2"], description="Adds (l2/2)·‖coef‖² to the loss and l2·coef to "
                       "its gradient; the intercept is not penalised.")
 
 

@@ -69,17 +69,9 @@ CASES = [
                                     "sample_weight": _put(5, 2, -1.0, 1.0)}),
     Case("pos_weight NaN at a column", {"predictions": P, "labels": Y,
                                         "pos_weight": np.array([1.0, np.nan])},
-         note='JSON: the list [1.0, "NaN"] (or the bare NaN token); OIP: an input tensor',
-         xfail={"json": 'the JSON API reads "NaN" (and "Infinity") strings in the arrays but not in '
-                        'pos_weight, which its schema validates as numbers: 422 "pos_weight[1]: input '
-                        'should be a valid number (got \'NaN\')" (loc right); the bare NaN token gets '
-                        'the kernels\' message'}),
+         note='JSON: the list [1.0, "NaN"] (or the bare NaN token); OIP: an input tensor'),
     Case("quantile out of range", {"predictions": P, "labels": Y}, {"quantiles": (0.5, 1.5)},
-         note='OIP: the parameter "0.5,1.5" (comma-separated, as OIP parameters are scalars)',
-         xfail={t: "the service's schema checks quantiles (le=1) before the kernels: 'quantiles[1]: "
-                   "input should be less than or equal to 1 (got 1.5)' instead of the kernels' "
-                   "'quantiles[1] = 1.5 is outside [0, 1]' (JSON loc right)"
-                for t in ("json", "oip-json", "oip-binary")}),
+         note='OIP: the parameter "0.5,1.5" (comma-separated, as OIP parameters are scalars)'),
     Case("float32 with 1e39", {"predictions": _put((5, 2), (2, 0), 1e39), "labels": Y}, {"dtype": "float32"},
          note="sent as float64 (1e39 is no float32); dtype float32 asks the kernels to round"),
     Case("shape mismatch", {"predictions": P, "labels": np.zeros((4, 2))}),

@@ -110,18 +110,18 @@ ERRORS = [
     ("unknown-wrt", "/grad", {"predictions": P, "labels": Y, "wrt": "weights"},
      ["wrt"], re.compile(r"^wrt: .*'predictions'")),
     ("label_smoothing-1", "/loss", {"predictions": P, "labels": Y, "label_smoothing": 1.0},
-     ["label_smoothing"], re.compile(r"^label_smoothing: input should be less than 1")),
+     ["label_smoothing"], "label_smoothing = 1 is outside [0, 1)"),
     ("label_smoothing-negative", "/loss", {"predictions": P, "labels": Y, "label_smoothing": -0.1},
-     ["label_smoothing"], re.compile(r"^label_smoothing: input should be greater than or equal to 0")),
+     ["label_smoothing"], "label_smoothing = -0.1 is outside [0, 1)"),
     ("label_smoothing-margins", "/loss",
      {"predictions": P, "labels": [1, -1, 1], "input": "margins", "label_smoothing": 0.1},
      ["label_smoothing"], re.compile(r"^label_smoothing applies to cross_entropy, focal and squared_error")),
     ("label_smoothing-string", "/loss", {"predictions": P, "labels": Y, "label_smoothing": "0.1"},
      ["label_smoothing"], re.compile(r"^label_smoothing: input should be a valid number")),
     ("eps-0", "/loss", {"predictions": [0.5], "labels": [1], "input": "probabilities", "eps": 0.0},
-     ["eps"], re.compile(r"^eps: input should be greater than 0")),
+     ["eps"], "eps = 0 is below 2^-53 = 1.1102230246251565e-16: 1 - eps would round to 1 and clip nothing near 1"),
     ("eps-half", "/loss", {"predictions": [0.5], "labels": [1], "input": "probabilities", "eps": 0.5},
-     ["eps"], re.compile(r"^eps: input should be less than 0.5")),
+     ["eps"], "eps = 0.5 is outside [0, 0.5)"),
     ("eps-with-logits", "/loss", {"predictions": P, "labels": Y, "eps": 1e-7},
      ["eps"], 'eps applies to input = "probabilities" with cross_entropy or focal only'),
     ("pos_weight-hinge", "/loss", {"predictions": P, "labels": Y, "loss": "hinge", "pos_weight": 2.0},
@@ -134,13 +134,13 @@ ERRORS = [
      {"predictions": [0.5, 0.2], "labels": [1, 0], "input": "probabilities", "loss": "hinge"},
      ["loss"], re.compile(r"""^loss = 'hinge' does not accept input = "probabilities\"""")),
     ("quantile-above-1", "/loss", {"predictions": P, "labels": Y, "quantiles": [0.5, 1.5]},
-     ["quantiles", 1], re.compile(r"^quantiles\[1\]: input should be less than or equal to 1")),
+     ["quantiles", 1], "quantiles[1] = 1.5 is outside [0, 1]"),
     ("quantile-negative", "/loss", {"predictions": P, "labels": Y, "quantiles": [-0.1]},
-     ["quantiles", 0], re.compile(r"^quantiles\[0\]: input should be greater than or equal to 0")),
+     ["quantiles", 0], "quantiles[0] = -0.1 is outside [0, 1]"),
     ("gamma-negative", "/loss", {"predictions": P, "labels": Y, "loss": "focal", "gamma": -1},
-     ["gamma"], re.compile(r"^gamma: input should be greater than or equal to 0")),
+     ["gamma"], "gamma = -1 is outside [0, inf)"),
     ("alpha-above-1", "/loss", {"predictions": P, "labels": Y, "loss": "focal", "alpha": 1.5},
-     ["alpha"], re.compile(r"^alpha: input should be less than or equal to 1")),
+     ["alpha"], "alpha = 1.5 is outside [0, 1]"),
     ("missing-labels", "/loss", {"predictions": P}, ["labels"], "labels is required"),
     ("missing-predictions", "/grad", {"labels": Y}, ["predictions"], "predictions is required"),
     ("predictions-string", "/loss", {"predictions": "abc", "labels": Y},
@@ -170,7 +170,7 @@ ERRORS = [
     ("params-with-reduction", "/grad", {**PARAMS, "reduction": "sum"},
      ["reduction"], re.compile(r'^reduction does not apply to wrt = "params"')),
     ("params-negative-l2", "/grad", {**PARAMS, "l2": -1.0},
-     ["l2"], re.compile(r"^l2: input should be greater than or equal to 0")),
+     ["l2"], "l2 = -1 is outside [0, inf)"),
     ("params-unknown-field", "/grad", {**PARAMS, "bias": 1.0}, ["bias"], "bias is not a field of this request"),
 ]
 
@@ -259,7 +259,10 @@ def test_huge_finite_features_are_not_refused(client):
 
 UNION_ERRORS = [
     # field, bad value, loc after the field, message
-    ("pos_weight", [1.0, "Infinity"], [1], "pos_weight[1]: input should be a valid number (got 'Infinity')"),
+    ("pos_weight", "Infinity", [0], "pos_weight[0] = inf is not a finite weight >= 0"),
+    ("pos_weight", "NaN", [0], "pos_weight[0] is NaN"),
+    ("pos_weight", "-Infinity", [0], "pos_weight[0] = -inf is not a finite weight >= 0"),
+    ("pos_weight", [1.0, "inf"], [1], "pos_weight[1]: input should be a valid number (got 'inf')"),
     ("pos_weight", [1.0, None], [1], "pos_weight[1]: input should be a valid number (got None)"),
     ("pos_weight", [[1.0]], [0], "pos_weight[0]: input should be a valid number"),
     ("pos_weight", "x", [], "pos_weight: input should be a number or an array (got 'x')"),
@@ -269,7 +272,7 @@ UNION_ERRORS = [
     ("eps", [0.1], [], "eps: input should be a valid number"),
     ("alpha", "0.5", [], "alpha: input should be a valid number (got '0.5')"),
     ("quantiles", [0.5, "Infinity", 2.0], [1], "quantiles[1]: input should be a valid number (got 'Infinity')"),
-    ("quantiles", [1.5, 2.0], [0], "quantiles[0]: input should be less than or equal to 1 (got 1.5)"),
+    ("quantiles", [1.5, 2.0], [0], "quantiles[0] = 1.5 is outside [0, 1]"),
     ("quantiles", 0.5, [], "quantiles: input should be a valid list (got 0.5)"),
     ("gamma", [2.0], [], "gamma: input should be a valid number"),
 ]
@@ -278,7 +281,7 @@ UNION_ERRORS = [
 @pytest.mark.parametrize("path", ["/loss", "/grad"])
 @pytest.mark.parametrize("field,value,where,msg", UNION_ERRORS, ids=[f"{c[0]}-{c[1]!r}" for c in UNION_ERRORS])
 def test_option_errors_are_one_error_at_field_and_index(client, path, field, value, where, msg):
-    """`"pos_weight": [1.0, "Infinity"]` gave two errors, one at loc
+    """`"pos_weight": [1.0, "inf"]` gave two errors, one at loc
     ["body", "pos_weight", "list[float]", 1]: pydantic's union branches leaked."""
     for labels in ([1, 0], [True, False]):  # the fast path and the orjson path
         r = post(client, path, {"predictions": [0.5, -1.0], "labels": labels, field: value})

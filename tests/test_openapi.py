@@ -73,7 +73,7 @@ LOSS_FIELDS = {
     "loss": ({"string"}, "cross_entropy", ["cross_entropy", "focal", "hinge", "squared_hinge",
                                            "modified_huber", "exponential", "zero_one", "squared_error"], {}),
     "reduction": ({"string"}, "mean", ["mean", "sum", "none"], {}),
-    "pos_weight": ({"number", "array", "null"}, None, None, {}),
+    "pos_weight": ({"number", "string", "array", "null"}, None, None, {}),  # string: "Infinity", ..., "NaN"
     "label_smoothing": ({"number"}, 0.0, None, {"minimum": 0.0, "exclusiveMaximum": 1.0}),
     "eps": ({"number", "null"}, None, None, {"exclusiveMinimum": 0.0, "exclusiveMaximum": 0.5}),
     "gamma": ({"number"}, 2.0, None, {"minimum": 0.0}),
