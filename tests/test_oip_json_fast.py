@@ -15,11 +15,13 @@ from contextlib import contextmanager
 from unittest import mock
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
 from lossd.service import pipeline
+from lossd.service.codecs import json as json_codec
 from lossd.service.codecs import oip_json
 from lossd.service.errors import RequestError
 from lossd.service.limits import BodyLimits
@@ -433,3 +435,16 @@ def test_fast_and_slow_paths_agree_on_random_tensors(data):
     body = infer(*[data.draw(tensors(n)) for n in names], parameters=params)
     event("fast path" if oip_json.decode_header_fast(body) is not None else "slow path")
     check_same(body, op)
+
+
+# ------------------------------------------------------------------------- outputs
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("values", [[np.inf], [-np.inf], [np.nan], [1.5], [0.1, np.nan], [0.1, 2.0]])
+def test_outputs_spell_non_finite_numbers_as_the_json_api_does(values, dtype):
+    arr = np.array(values, dtype=dtype)
+    body, headers = oip_json.encode_response(oip_json.InferResponse("loss", None, [("losses", arr)]), {})
+    out = orjson.loads(body)["outputs"][0]
+    assert headers["content-type"] == "application/json"
+    assert out["datatype"] == ("FP64" if dtype == np.float64 else "FP32") and out["shape"] == [len(values)]
+    assert out["data"] == orjson.loads(orjson.dumps(json_codec._finite_safe(arr), option=orjson.OPT_SERIALIZE_NUMPY))

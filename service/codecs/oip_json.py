@@ -410,8 +410,11 @@ def encode_response(resp: InferResponse, binary: dict[str, bool], parameters: di
 
 def _json_data(arr: np.ndarray):
     flat = arr.reshape(-1)
-    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-        return nonfinite_as_text(flat)
+    if flat.dtype.kind == "f":
+        # one value (loss, the statistics): a Python check costs less than a ufunc's
+        finite = math.isfinite(flat[0]) if flat.size == 1 else np.isfinite(flat).all()
+        if not finite:
+            return nonfinite_as_text(flat)
     return flat  # orjson writes it from the buffer
 
 
