@@ -28,7 +28,8 @@ _NAMES = {np.dtype(v).newbyteorder("="): k for k, v in DATATYPES.items()}
 
 
 def datatype_of(arr: np.ndarray) -> str:
-    return _NAMES[arr.dtype.newbyteorder("=")]
+    name = _NAMES.get(arr.dtype)  # a native dtype equals its "=" form: no new dtype to make
+    return name if name is not None else _NAMES[arr.dtype.newbyteorder("=")]
 
 
 def split(body: bytes | memoryview, header_length: str | None) -> tuple[bytes | memoryview, bytes | memoryview]:

@@ -3,7 +3,10 @@ to infer responses.
 
 ``OipCodec`` (``CODEC``) follows ``base.Codec``. This module reads the JSON header (ids,
 inputs, parameters, outputs) and tensors given as JSON ``data``; tensors given as bytes
-after the header, and the framing of bodies that hold them, are ``oip_binary``'s. The
+after the header, and the framing of bodies that hold them, are ``oip_binary``'s. A
+header whose data lists are flat lists of numbers is read by a simdjson fast path
+(``decode_header_fast``, the numbers straight into buffers, as ``/loss`` reads its
+arrays); anything it cannot read exactly as the slow path (orjson) would goes to that. The
 request's parameters are the options, named as the JSON API's fields; a per-column
 ``pos_weight`` and an ``intercept`` may come as tensors. Errors are ``RequestError``s
 (400 ``{"error": "..."}`` under /v2).
@@ -28,7 +31,7 @@ from ..limits import BodyLimits, JsonTooDeep, check_json_depth
 from ..requests import Result, build
 from . import oip_binary
 from .base import Decoded
-from .json import NONFINITE, DuplicateKey, loads, nonfinite_as_text
+from .json import _BOM, NONFINITE, DuplicateKey, _count_brackets, _parse, loads, nonfinite_as_text, simdjson
 from .oip_binary import DATATYPES, HEADER_LENGTH, HEADER_NAME, datatype_of
 
 FLOAT_TYPES = fields.FLOAT_TYPES
@@ -91,16 +94,9 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
         check_json_depth(header_raw, max_depth)
     except JsonTooDeep as exc:
         raise _error(f"the request header is refused: {exc}") from None
-    try:
-        header = loads(header_raw)
-    except DuplicateKey as exc:
-        raise _error(f"the request header has a {exc}" if exc.path else
-                     f"the request header has a {exc} at its top level") from None
-    except ValueError as exc:
-        if header_length is None and b'"binary_data_size"' in bytes(body):
-            raise _error(f"the body holds binary tensors (binary_data_size) but no {HEADER_NAME} "
-                         "header gives the length of its JSON header") from None
-        raise _error(f"the request header is not valid JSON: {exc}") from None
+    header = decode_header_fast(header_raw) if header_length is None else None
+    if header is None:
+        header = _decode_header(body, header_raw, header_length)
     if not isinstance(header, dict):
         raise _error("the request must be a JSON object")
     unknown = set(header) - {"id", "inputs", "outputs", "parameters"}
@@ -142,6 +138,145 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
     return InferRequest(rid, inputs, params, asked, binary_output)
 
 
+def _decode_header(body: bytes | memoryview, header_raw: bytes | memoryview, header_length: str | None) -> Any:
+    """The JSON header by orjson (the slow path): every data list as Python numbers."""
+    try:
+        return loads(header_raw)
+    except DuplicateKey as exc:
+        raise _error(f"the request header has a {exc}" if exc.path else
+                     f"the request header has a {exc} at its top level") from None
+    except ValueError as exc:
+        if header_length is None and b'"binary_data_size"' in bytes(body):
+            raise _error(f"the body holds binary tensors (binary_data_size) but no {HEADER_NAME} "
+                         "header gives the length of its JSON header") from None
+        raise _error(f"the request header is not valid JSON: {exc}") from None
+
+
+# ------------------------------------------------------------------- the fast path
+
+@dataclass(frozen=True, slots=True)
+class Numbers:
+    """A tensor's ``data`` as the fast path read it: the array ``np.array(data)`` makes
+    of its flat list of numbers (float64; int64 for an integer datatype), before the
+    datatype is applied."""
+    values: np.ndarray
+
+
+class _NotFast(Exception):
+    """Something the fast path leaves to the slow one."""
+
+
+_INT_TYPES = frozenset(k for k, v in DATATYPES.items() if v.kind in "iu")
+_EXACT = 2.0 ** 53  # every integer up to this is a float64
+
+
+def decode_header_fast(raw: bytes | memoryview) -> dict[str, Any] | None:
+    """The JSON header as ``loads`` gives it, but with each input's ``data`` a ``Numbers``
+    read by simdjson straight into a buffer (no Python floats), or None when this path
+    does not apply; the slow path (``_decode_header``) then parses the body and gives
+    the exact error messages.
+
+    It applies when every input's data is a flat list of JSON numbers of a datatype it
+    can read exactly: FP64; FP32 when no value exceeds 2^53 in magnitude or some value
+    is a fraction (a list of integers only is cast to float32 from int64 by the slow
+    path: beyond 2^53 the two roundings could differ); INT*/UINT* when every value is written as an integer
+    within int64 (simdjson's int64 buffer refuses 1.5, 1.0 and 2^63, all of which the
+    slow path judges). Anything else goes to the slow path: BOOL, nested or mixed
+    lists, strings ("Infinity", "NaN"), booleans, a key repeated in any object,
+    invalid JSON, a BOM, or a "[" the walk did not account for (one in a string).
+    Bodies with binary framing always take the slow path.
+    """
+    if simdjson is None or raw[:3] == _BOM:  # simdjson skips a BOM, orjson refuses it
+        return None
+    try:
+        doc = _parse(raw)
+    except Exception:
+        return None
+    walk = _Walk()
+    try:
+        if not isinstance(doc, simdjson.Object):
+            return None
+        header = walk.header(doc)
+    except Exception:  # _NotFast; a value simdjson will not convert; KeyError: a key
+        return None  # holding "\u0000", which pysimdjson cannot look up
+    finally:
+        doc = None  # the parser's document dies with it
+    if _count_brackets(raw) != walk.arrays:
+        return None
+    return header
+
+
+class _Walk:
+    """A simdjson document as plain Python values, input data as ``Numbers``; counts the
+    arrays it saw."""
+
+    __slots__ = ("arrays",)
+
+    def __init__(self) -> None:
+        self.arrays = 0
+
+    def header(self, doc: Any) -> dict[str, Any]:
+        out = {}
+        for key in _keys(doc):
+            v = doc[key]
+            if key == "inputs" and isinstance(v, simdjson.Array):
+                self.arrays += 1
+                out[key] = [self.tensor(t) if isinstance(t, simdjson.Object) else self.plain(t) for t in v]
+            else:
+                out[key] = self.plain(v)
+        return out
+
+    def tensor(self, t: Any) -> dict[str, Any]:
+        out = {}
+        for key in _keys(t):
+            v = t[key]
+            if key == "data" and isinstance(v, simdjson.Array):
+                self.arrays += 1
+                out[key] = Numbers(_numbers(v, t.get("datatype")))
+            else:
+                out[key] = self.plain(v)
+        return out
+
+    def plain(self, node: Any) -> Any:
+        if isinstance(node, simdjson.Object):
+            return {k: self.plain(node[k]) for k in _keys(node)}
+        if isinstance(node, simdjson.Array):
+            self.arrays += 1
+            return [self.plain(v) for v in node]
+        return node
+
+
+def _keys(obj: Any) -> list[str]:
+    keys = list(obj.keys())  # every key, repeats included
+    if len(keys) != len(set(keys)):
+        raise _NotFast  # the slow path names the repeat
+    return keys
+
+
+def _numbers(arr: Any, dtname: Any) -> np.ndarray:
+    """The numbers of a data list as ``np.array(data)`` would hold them for ``dtname``."""
+    if not isinstance(dtname, str):
+        raise _NotFast
+    if dtname in FLOAT_TYPES:
+        a = np.frombuffer(arr.as_buffer(of_type="d"), dtype=np.float64)
+        if dtname == "FP32" and a.size and (a.max() > _EXACT or a.min() < -_EXACT) and not _has_fraction(a):
+            raise _NotFast
+    elif dtname in _INT_TYPES:
+        a = np.frombuffer(arr.as_buffer(of_type="i"), dtype=np.int64)
+    else:  # BOOL (true/false are no numbers to simdjson), or a datatype the slow path refuses
+        raise _NotFast
+    if a.size != len(arr):  # nested lists flatten: the slow path tells 2-D from malformed
+        raise _NotFast
+    return a
+
+
+def _has_fraction(a: np.ndarray) -> bool:
+    """Whether some value is no integer: then the list held a number written as a float,
+    and the slow path's array is float64 too (it is int64 only when every one is an int)."""
+    with np.errstate(invalid="ignore"):
+        return bool((a != np.trunc(a)).any())
+
+
 def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[str, ...]], framed: bool):
     if not isinstance(t, dict) or not isinstance(t.get("name"), str):
         raise _error(f"inputs[{i}] must be an object with a name", "inputs", i)
@@ -173,6 +308,8 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
 
 
 def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.dtype, count: int) -> np.ndarray:
+    if isinstance(data, Numbers):  # read by the fast path: what np.array(data) makes of the list
+        return _typed(name, data.values, shape, dtname, dtype, count)
     if not isinstance(data, list):  # the protocol's tensor data is an array, even of one value
         raise _error(f"input {name!r}: data must be a (flat or nested) list, got {type(data).__name__}")
     try:
@@ -193,6 +330,12 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.
                 raise _error(f"input {name!r}: data holds an integer beyond the {dtname} range") from None
         else:
             raise _error(f"input {name!r}: data must hold numbers ({dtname})")
+    return _typed(name, arr, shape, dtname, dtype, count)
+
+
+def _typed(name: str, arr: np.ndarray, shape: list[int], dtname: str, dtype: np.dtype, count: int) -> np.ndarray:
+    """The numbers of a tensor's data in its datatype and shape: FP32 rounded (an
+    overflow named), integers checked against the datatype's range."""
     if arr.size != count:
         raise _error(f"input {name!r}: data has {arr.size} elements, shape {shape} needs {count}")
     if dtname == "FP32" and arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
@@ -267,8 +410,11 @@ def encode_response(resp: InferResponse, binary: dict[str, bool], parameters: di
 
 def _json_data(arr: np.ndarray):
     flat = arr.reshape(-1)
-    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-        return nonfinite_as_text(flat)
+    if flat.dtype.kind == "f":
+        # one value (loss, the statistics): a Python check costs less than a ufunc's
+        finite = math.isfinite(flat[0]) if flat.size == 1 else np.isfinite(flat).all()
+        if not finite:
+            return nonfinite_as_text(flat)
     return flat  # orjson writes it from the buffer
 
 
