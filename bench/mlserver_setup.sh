@@ -6,6 +6,11 @@
 #
 #   bash bench/mlserver_setup.sh            # MLSERVER_VERSION, MLSERVER_VENV, PY override
 #
+# MLSERVER_EXTRA: more packages for that venv (pip names, space-separated), e.g.
+# MLSERVER_EXTRA=httptools==0.9.0 MLSERVER_VENV=bench/.venv-mlserver-httptools: `pip install mlserver`
+# leaves uvicorn on its pure-Python h11 parser; with httptools uvicorn picks the C parser
+# that lossd's `uvicorn[standard]` stack uses (bench/mlserver.py records which one ran).
+#
 # mlserver 1.7.1 supports Python >= 3.9, < 3.13 (its pyproject.toml).
 set -euo pipefail
 
@@ -29,5 +34,9 @@ else
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "mlserver==$VERSION"
     installed || { echo "mlserver $VERSION did not install in $VENV" >&2; exit 1; }
+fi
+if [ -n "${MLSERVER_EXTRA:-}" ]; then
+    # shellcheck disable=SC2086  # word splitting wanted: a list of package names
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check $MLSERVER_EXTRA
 fi
 "$VENV/bin/python" -c 'import importlib.metadata as m, platform; print("mlserver", m.version("mlserver"), "(Python " + platform.python_version() + ")")'
