@@ -131,7 +131,7 @@ def mlserver_server(out: Path, venv: Path) -> tuple[ServerIn, dict]:
     port, grpc_port = free_port(), free_port()
     while grpc_port == port:
         grpc_port = free_port()
-    folder = mlserver_model_copy(out, port, grpc_port)
+    folder = mlserver_model_copy(out.resolve(), port, grpc_port)
     cmd = [str(venv / "bin" / "mlserver"), "start", str(folder)]
     server = ServerIn(MLSERVER, cmd, "/v2/models/loss/ready", out / "mlserver-mlserver.log",
                       mlserver_env(), port, cwd=folder.parent)
@@ -434,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     stop_on_sigterm()
     cfg = QUICK if args.quick else FULL
+    # absolute: MLServer runs in a directory of its own and is handed its model folder by
+    # path (a relative one made it start with its defaults: port 8080, no model)
+    args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     load0 = load_at_start()
     t_start, cpu = time.perf_counter(), CpuMeter()

@@ -67,7 +67,9 @@ def test_without_mlserver_the_benchmark_says_how_to_get_it(tmp_path: Path) -> No
                     reason="bench/.venv-mlserver not found: MLServer is no project dependency; "
                            "run `bash bench/mlserver_setup.sh` to run this comparison")
 def test_bench_mlserver_quick_runs_and_reports(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+    # --out relative to the working directory, as a person types it (MLServer runs
+    # elsewhere: a relative model folder once made it start with its defaults)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", os.path.relpath(tmp_path, REPO)],
                           capture_output=True, text=True, timeout=240, cwd=REPO, env=_env(), check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
 
@@ -94,7 +96,11 @@ def test_bench_mlserver_quick_runs_and_reports(tmp_path: Path) -> None:
     # no n = 10^5 in a quick run; n = 10 is judged
     assert [g["result"] for g in data["goals"]][0] == "n/a" and data["goals"][1]["result"] in ("PASS", "FAIL")
     assert "Traceback" not in (tmp_path / "mlserver-lossd.log").read_text()
-    assert "Traceback" not in (tmp_path / "mlserver-mlserver.log").read_text()
+    ml_log = (tmp_path / "mlserver-mlserver.log").read_text()
+    assert "Traceback" not in ml_log
+    # MLServer ran with the benchmark's settings.json, not its defaults (port 8080, metrics)
+    assert f"HTTP server running on http://127.0.0.1:{data['mlserver']['settings']['http_port']}" in ml_log
+    assert "Metrics server running" not in ml_log and "inference pool" not in ml_log
     # no server is left listening on its ports (MLServer's gRPC port included)
     ports = [int(data["mlserver"]["settings"][k]) for k in ("http_port", "grpc_port")]
     argv = data["servers"]["lossd"]["cmd"].split()
