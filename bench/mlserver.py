@@ -370,7 +370,8 @@ def mlserver_rows(r: Run) -> list[tuple[str, str]]:
                      f"{meta.get('version')}), venv `{m.get('venv')}`, Python {m.get('python')}"),
         ("MLServer's venv", ", ".join(f"{p} {pk.get(p) or 'not installed'}" for p in MLSERVER_PACKAGES[1:])),
         ("MLServer's HTTP", f"uvicorn, loop {'uvloop' if pk.get('uvloop') else 'asyncio'}, "
-                            f"parser {parser} (uvicorn's auto choice, as `pip install mlserver` gives it)"),
+                            f"parser {parser} (uvicorn's automatic choice: httptools when installed, which "
+                            "`pip install mlserver` alone does not do; see bench/mlserver_setup.sh)"),
         ("MLServer's model", f"`{m['model_code']['path']}` (sha256 {m['model_code']['sha256'][:16]}...), "
                              "`model-settings.json` beside it"),
         ("MLServer's settings.json", "`" + json.dumps(m.get("settings", {}), separators=(", ", ": ")) + "`"),
