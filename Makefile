@@ -14,7 +14,7 @@ TOOLS ?= .venv-tools
 
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install install-dev run test bench bench-kernels bench-service bench-targets bench-scaling bench-image image run-image loadtest lock lock-upgrade audit clean
+.PHONY: install install-dev run test bench bench-kernels bench-service bench-mlserver bench-targets bench-scaling bench-image image run-image loadtest lock lock-upgrade audit clean
 
 # The venv keeps the pip that comes with Python: nothing is fetched that no lock names.
 $(BIN)/python:
@@ -61,6 +61,13 @@ bench-kernels: $(STAMP_DEV)
 
 bench-service: $(STAMP_DEV)
 	$(BIN)/python bench/service.py
+
+# lossd against MLServer over OIP JSON (issue 14). MLServer goes in a venv of its own
+# (bench/.venv-mlserver, pinned in the script), never in this project's venv or locks;
+# `make bench` does not run this.
+bench-mlserver: $(STAMP_DEV)
+	bash bench/mlserver_setup.sh
+	$(BIN)/python bench/mlserver.py
 
 # Deployment figures (README, Deploy): portable CPU levels against host-tuned kernels,
 # 1 vs 2 workers under wrk (installed from Debian's packages when missing), image start.

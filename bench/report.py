@@ -36,6 +36,8 @@ SECTIONS = [
     ("Kernels", "python bench/kernels.py", "kernels.md"),
     ("Service: JSON /loss against a plain FastAPI app", "python bench/service.py", "service.md"),
     ("Open Inference Protocol: binary and JSON tensors", "python bench/oip.py", "oip.md"),
+    ("MLServer beside lossd: OIP JSON", "bash bench/mlserver_setup.sh && python bench/mlserver.py",
+     "mlserver.md"),
     ("Scaling: 1 against 2 workers", "python bench/scaling.py", "scaling.md"),
     ("Capacity: requests/s and p99 against users", "python -m loadtests sweep --out bench/out/capacity",
      "capacity/sweep.md"),
@@ -135,7 +137,9 @@ def build(out_dir: Path, plots: Path, md_path: Path) -> str:
             parts += [demote(src.read_text().strip()), ""]
         else:
             parts += [f"_Not in this run: `{report}` was not found under `{out_dir.name}/`"
-                      + (" (bench/scaling.py is not in this checkout yet)." if "scaling" in report else ".")
+                      + (" (bench/scaling.py is not in this checkout yet)." if "scaling" in report
+                         else " (`make bench` does not run it: MLServer needs its own venv, "
+                              "`make bench-mlserver`)." if "mlserver" in report else ".")
                       + "_", ""]
     text = "\n".join(parts).rstrip() + "\n"
     md_path.write_text(text)
