@@ -273,6 +273,7 @@ def test_two_workers_share_the_port():
                 _check(_infer(c, "loss", {"predictions": z, "labels": y}), expected_outputs(kernels.loss(z, y)))
             finally:
                 c.close()
+        assert s.stop() == 0  # SIGTERM: both gRPC servers stop in the lifespan, exit 0
 
 
 def _tcp(psutil, pid: int) -> list:
@@ -280,3 +281,62 @@ def _tcp(psutil, pid: int) -> list:
         return psutil.Process(pid).net_connections(kind="tcp")
     except psutil.Error:
         return []
+
+
+# ------------------------------------------------------- typed contents, raw framing
+
+def _stub(server):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    return channel, service_pb2_grpc.GRPCInferenceServiceStub(channel), service_pb2
+
+
+def test_typed_contents_and_raw_count(server):
+    """Tensors in ``contents`` (no raw_input_contents) decode as the raw ones do; raw
+    contents must be one per input; a datatype's data in another contents field is refused."""
+    import grpc
+
+    channel, stub, pb = _stub(server)
+    try:
+        z, y = logits(6), hard01(6, np.int8)
+        req = pb.ModelInferRequest(model_name="grad", id="typed")
+        req.inputs.add(name="predictions", datatype="FP64", shape=[6]).contents.fp64_contents.extend(z.tolist())
+        req.inputs.add(name="labels", datatype="INT8", shape=[6]).contents.int_contents.extend(y.tolist())
+        resp = stub.ModelInfer(req, timeout=TIMEOUT)
+        assert resp.id == "typed" and resp.model_version == "1"
+        want = expected_outputs(kernels.grad(z, y))
+        assert [o.name for o in resp.outputs] == list(want)
+        for o, raw in zip(resp.outputs, resp.raw_output_contents):
+            got = np.frombuffer(raw, dtype="<f8").reshape(list(o.shape))
+            assert o.datatype == "FP64"
+            assert_bits(got, want[o.name], o.name)
+
+        bad = pb.ModelInferRequest()
+        bad.CopyFrom(req)
+        bad.inputs[1].contents.Clear()
+        bad.inputs[1].contents.fp64_contents.extend([1.0] * 6)
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.ModelInfer(bad, timeout=TIMEOUT)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert exc.value.details() == "input 'labels': INT8 data goes in contents.int_contents, got contents.fp64_contents"
+
+        raw = pb.ModelInferRequest(model_name="loss")
+        raw.inputs.add(name="predictions", datatype="FP64", shape=[6])
+        raw.inputs.add(name="labels", datatype="INT8", shape=[6])
+        raw.raw_input_contents.append(z.tobytes())
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.ModelInfer(raw, timeout=TIMEOUT)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "raw_input_contents has 1 entries for 2 inputs" in exc.value.details()
+        raw.raw_input_contents.append(y.tobytes()[:5])
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.ModelInfer(raw, timeout=TIMEOUT)
+        assert exc.value.details() == ("input 'labels': raw_input_contents[1] holds 5 bytes; shape [6] × INT8 "
+                                       "(1 bytes) = 6")
+        with pytest.raises(grpc.RpcError) as exc:  # a method of Triton's, not of KServe's service
+            stub.ModelConfig(pb.ModelConfigRequest(name="loss"), timeout=TIMEOUT)
+        assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        channel.close()
