@@ -117,7 +117,8 @@ def _ports(server, client):
 
 # ------------------------------------------------------------------------ infer
 
-LABEL_TYPES = [np.float64, np.float32, np.int8, np.bool_]
+LABEL_TYPES = [np.float64, np.float32, np.int8, np.bool_, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+               np.uint32, np.uint64]  # every OIP datatype that labels accept
 
 
 @pytest.mark.parametrize("ltype", LABEL_TYPES, ids=lambda t: np.dtype(t).name)
@@ -340,3 +341,34 @@ def test_typed_contents_and_raw_count(server):
         assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         channel.close()
+
+
+# ------------------------------------------------------------------- in-process codec
+
+def test_raw_inputs_are_views_of_the_message():
+    """The codec (no server): raw_input_contents decode as read-only views of the received
+    bytes, typed with the tensor's datatype, and outputs come back as raw_output_contents."""
+    from lossd.service.codecs import oip_grpc
+    from lossd.service.compute import compute
+    from lossd.service.grpc_gen import grpc_predict_v2_pb2 as pb  # its own descriptor pool
+
+    z, y = logits((3, 2), np.float32), hard01((3, 2), np.uint8)
+    req = pb.ModelInferRequest(model_name="grad", id="v")
+    req.inputs.add(name="predictions", datatype="FP32", shape=[3, 2])
+    req.inputs.add(name="labels", datatype="UINT8", shape=[3, 2])
+    req.raw_input_contents.extend([z.tobytes(), y.tobytes()])
+    req.parameters["reduction"].string_param = "sum"
+    body = req.SerializeToString()
+    decoded = oip_grpc.CODEC.decode(body)
+    whole = np.frombuffer(body, dtype=np.uint8)
+    for name, want in (("predictions", z), ("labels", y)):
+        arr = getattr(decoded.request, name)
+        assert np.shares_memory(arr, whole) and not arr.flags.writeable, name
+        assert_bits(arr, want, name)
+    content, headers = oip_grpc.CODEC.encode(decoded, compute(decoded.request))
+    assert headers == {}
+    resp = pb.ModelInferResponse.FromString(content)
+    want = expected_outputs(kernels.grad(z, y, reduction="sum"))
+    assert (resp.model_name, resp.id, [o.name for o in resp.outputs]) == ("grad", "v", list(want))
+    for o, raw in zip(resp.outputs, resp.raw_output_contents):
+        assert_bits(np.frombuffer(raw, dtype=want[o.name].dtype).reshape(list(o.shape)), want[o.name], o.name)
