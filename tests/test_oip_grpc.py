@@ -25,9 +25,13 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 TIMEOUT = 30.0  # s, every call's deadline (client_timeout)
 
 
-def _serve(*args: str, env: dict[str, str] | None = None):
+def _serve(*args: str, env: dict[str, str] | None = None, flag: bool = False):
+    """``lossd serve`` with gRPC on a free port, given by LOSSD_GRPC_PORT or --grpc-port."""
     port = free_port()
-    s = lossd_serve(*args, env={"LOSSD_GRPC_PORT": str(port), **(env or {})})
+    if flag:
+        s = lossd_serve("--grpc-port", str(port), *args, env=env)
+    else:
+        s = lossd_serve(*args, env={"LOSSD_GRPC_PORT": str(port), **(env or {})})
     s.grpc_port = port
     return s
 
@@ -258,7 +262,7 @@ def test_two_workers_share_the_port():
     """Both workers listen on the gRPC port (SO_REUSEPORT) and calls on new channels,
     which the kernel spreads over them, all succeed."""
     psutil = pytest.importorskip("psutil")
-    s = _serve("--workers", "2", env={"LOSSD_THREADS": "1"})
+    s = _serve("--workers", "2", env={"LOSSD_THREADS": "1"}, flag=True)
     with s:
         listeners = set()
         deadline = time.monotonic() + 60
