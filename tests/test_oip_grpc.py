@@ -41,6 +41,8 @@ def server():
     s = _serve(env={"LOSSD_MAX_BODY_BYTES": str(1024 * 1024)})
     try:
         yield s.start()
+        # no call of the module reached the catch-all (INTERNAL): every error was a client's
+        assert "unhandled error" not in s.stderr() + s.stdout(), s.stderr()[-3000:]
     finally:
         s.close()
 
