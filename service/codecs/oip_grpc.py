@@ -25,7 +25,7 @@ from ..errors import ApiError, RequestError
 from ..limits import BodyLimits
 from ..requests import Result
 from ..grpc_gen import grpc_predict_v2_pb2 as pb
-from . import oip_json
+from . import oip_binary, oip_json
 from .base import Decoded
 from .oip_binary import DATATYPES, datatype_of
 
@@ -131,12 +131,12 @@ def decode_request(body: bytes | memoryview) -> tuple[str, str, oip_json.InferRe
         if raw:
             if t.HasField("contents"):
                 raise _error(f"input {name!r} has both contents and raw_input_contents", "inputs", i)
-            inputs_arr = _raw_tensor(name, raw[i], i, shape, dtname, count)
+            arr = _raw_tensor(name, raw[i], i, shape, dtname, count)
         else:
-            inputs_arr = _contents_tensor(name, t, shape, dtname, dtype, count)
+            arr = _contents_tensor(name, t, shape, dtname, dtype, count)
         if name in inputs:
             raise _error(f"input {name!r} appears twice")
-        inputs[name] = inputs_arr
+        inputs[name] = arr
     params = {k: _param(v) for k, v in msg.parameters.items()}
     asked = None
     if msg.outputs:
@@ -156,7 +156,7 @@ def _raw_tensor(name: str, blob: memoryview, i: int, shape: list[int], dtname: s
         raise _error(f"input {name!r}: raw_input_contents[{i}] holds {len(blob)} bytes; shape {shape} × "
                      f"{dtname} ({dtype.itemsize} bytes) = {expect}", "inputs", i)
     arr = np.frombuffer(blob, dtype=dtype, count=count)  # a view of the request: no copy
-    return oip_json.oip_binary.reshape(name, arr, shape, ("inputs", i))
+    return oip_binary.reshape(name, arr, shape, ("inputs", i))
 
 
 def _contents_tensor(name: str, t: Any, shape: list[int], dtname: str, dtype: np.dtype, count: int) -> np.ndarray:
