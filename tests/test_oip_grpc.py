@@ -20,6 +20,10 @@ from service_helpers import free_port, lossd_serve
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+# after every test that uses the module's server: no 5xx or server-side gRPC code
+# (INTERNAL, UNAVAILABLE, ...), no unhandled error, still alive
+pytestmark = pytest.mark.usefixtures("server_never_5xx")
+
 TOKEN = "grpc-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 TIMEOUT = 30.0  # s, every call's deadline (client_timeout)
