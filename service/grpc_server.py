@@ -170,7 +170,9 @@ class GrpcInference:
     async def start(self) -> int:
         s = self.settings
         options = [
-            ("grpc.so_reuseport", 1),  # every worker binds the port
+            # every worker binds the port; one worker alone does not share it, so a port
+            # that another process holds is an error, as for HTTP
+            ("grpc.so_reuseport", int(s.workers > 1)),
             ("grpc.max_receive_message_length", s.max_body_bytes),
             # a response is about as large as its request (losses, grad): not limited
             ("grpc.max_send_message_length", -1),
@@ -178,9 +180,13 @@ class GrpcInference:
         self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers((self.handlers(),))
         host = f"[{s.host}]" if ":" in s.host else s.host
-        self.port = self.server.add_insecure_port(f"{host}:{s.grpc_port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{s.grpc_port}")
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise RuntimeError(f"gRPC: cannot bind {host}:{s.grpc_port}")
+            raise RuntimeError(f"gRPC (LOSSD_GRPC_PORT): cannot bind {host}:{s.grpc_port} "
+                               "(address already in use?)")
         await self.server.start()
         log.info("OIP over gRPC on %s:%d", host, self.port)
         return self.port

@@ -382,3 +382,23 @@ def test_raw_inputs_are_views_of_the_message():
     assert (resp.model_name, resp.id, [o.name for o in resp.outputs]) == ("grad", "v", list(want))
     for o, raw in zip(resp.outputs, resp.raw_output_contents):
         assert_bits(np.frombuffer(raw, dtype=want[o.name].dtype).reshape(list(o.shape)), want[o.name], o.name)
+
+
+def test_a_taken_port_stops_one_worker_from_starting():
+    """One worker binds the gRPC port without SO_REUSEPORT: a port another process
+    listens on is an error at start, not a silently shared port."""
+    import socket
+
+    with socket.socket() as taken:
+        # SO_REUSEPORT on the holder too: only lossd's not asking for it makes the bind fail
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        s = lossd_serve(env={"LOSSD_GRPC_PORT": str(port)})
+        try:
+            with pytest.raises(RuntimeError):
+                s.start(timeout=60)
+            assert "cannot bind 127.0.0.1:" in s.stderr() + s.stdout()
+        finally:
+            s.close()
