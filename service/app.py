@@ -69,12 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runner.lane = runner.lane_factory()
         readiness.start(settings.warmup, runner.lane)
         grpc_server = None
-        if settings.grpc_port is not None:  # OIP over gRPC, in every worker (SO_REUSEPORT)
-            from .grpc_server import GrpcInference
+        try:  # the kernel threads and the lane are stopped even when gRPC cannot bind
+            if settings.grpc_port is not None:  # OIP over gRPC, in every worker (grpc_server.py)
+                from .grpc_server import GrpcInference
 
-            grpc_server = GrpcInference(settings, runner, metrics, readiness)
-            app.state.grpc_port = await grpc_server.start()
-        try:
+                grpc_server = GrpcInference(settings, runner, metrics, readiness)
+                app.state.grpc_port = await grpc_server.start()
             yield
         finally:
             if grpc_server is not None:

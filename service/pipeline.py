@@ -2,8 +2,9 @@
 
     body -> codec.decode -> request model -> compute -> kernels -> result -> codec.encode -> body
 
-The routes (and the gRPC server, ``grpc_server.py``) run these functions on a request's body (inline, in the kernel threads or in
-the large lane: they are module-level and take plain data, so they pickle). No HTTP here.
+The routes and the gRPC server (``grpc_server.py``) run these functions on a request's
+body (inline, in the kernel threads or in the large lane: they are module-level and take
+plain data, so they pickle). No HTTP here.
 """
 
 from __future__ import annotations
