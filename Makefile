@@ -14,7 +14,7 @@ TOOLS ?= .venv-tools
 
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install install-dev run test bench bench-kernels bench-service bench-mlserver bench-targets bench-scaling bench-image image run-image loadtest lock lock-upgrade audit clean
+.PHONY: install install-dev run test grpc-gen bench bench-kernels bench-service bench-mlserver bench-targets bench-scaling bench-image image run-image loadtest lock lock-upgrade audit clean
 
 # The venv keeps the pip that comes with Python: nothing is fetched that no lock names.
 $(BIN)/python:
@@ -129,6 +129,20 @@ lock: $(TOOLS)/.installed
 
 lock-upgrade:
 	$(MAKE) lock LOCK_UPGRADE=--upgrade
+
+# service/grpc_gen/: messages and stubs of KServe's grpc_predict_v2.proto (OIP over gRPC), by
+# the tools venv's grpcio-tools; committed, so neither building nor running needs protoc.
+# The import is made relative (protoc writes `import grpc_predict_v2_pb2`), and the messages
+# go in a descriptor pool of their own: tritonclient.grpc (or KServe) in the same process
+# registers the same inference.* names in the default pool, and the second one would fail.
+grpc-gen: $(TOOLS)/.installed
+	cd service/grpc_gen && ../../$(TOOLS)/bin/python -m grpc_tools.protoc -I. --python_out=. \
+	  --pyi_out=. --grpc_python_out=. grpc_predict_v2.proto
+	sed -i 's/^import grpc_predict_v2_pb2 as/from . import grpc_predict_v2_pb2 as/' \
+	  service/grpc_gen/grpc_predict_v2_pb2_grpc.py
+	sed -i 's/_descriptor_pool\.Default()/_descriptor_pool.DescriptorPool()/' \
+	  service/grpc_gen/grpc_predict_v2_pb2.py
+	grep -q '_descriptor_pool.DescriptorPool()' service/grpc_gen/grpc_predict_v2_pb2.py
 
 # Known vulnerabilities of every locked version (pip-audit). Needs a vulnerability database:
 # PyPI's JSON API (the default) or OSV (AUDIT_FLAGS="--vulnerability-service osv"), which

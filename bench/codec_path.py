@@ -4,7 +4,7 @@
 
 For each case the body is built once, then the function a route runs on the body (the
 JSON /loss path, the OIP infer path with JSON tensors, the OIP infer path with binary
-tensors) is timed ``R`` times with ``time.perf_counter``; the table has the minimum and
+tensors, and OIP over gRPC's ModelInfer with raw_input_contents where it exists) is timed ``R`` times with ``time.perf_counter``; the table has the minimum and
 the median in microseconds. The kernels run with one thread so that the figures say
 what the path costs, not how the machine's cores were shared at the time.
 
@@ -86,6 +86,31 @@ def oip_binary_body(n: int) -> tuple[bytes, str]:
     return head + s.tobytes() + y.tobytes(), str(len(head))
 
 
+def _grpc_path() -> Callable | None:
+    """grpc_infer(body) when this checkout serves OIP over gRPC, else None."""
+    try:
+        from lossd.service import pipeline
+        from lossd.service.grpc_gen import grpc_predict_v2_pb2  # noqa: F401
+    except ImportError:
+        return None
+    from lossd.service.limits import BodyLimits
+
+    limits = BodyLimits(max_json_depth=64, max_elements=None)
+    return lambda body: pipeline.run_grpc(body, limits)
+
+
+def oip_grpc_body(n: int) -> bytes:
+    """A serialized ModelInferRequest with raw_input_contents (what tritonclient.grpc sends)."""
+    from lossd.service.grpc_gen import grpc_predict_v2_pb2 as pb
+
+    s, y = make_data(n)
+    req = pb.ModelInferRequest(model_name="loss")
+    req.inputs.add(name="predictions", datatype="FP64", shape=[n])
+    req.inputs.add(name="labels", datatype="FP64", shape=[n])
+    req.raw_input_contents.extend([s.tobytes(), y.tobytes()])
+    return req.SerializeToString()
+
+
 def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
     fn()  # warm: parsers, pools, caches
     times = []
@@ -116,6 +141,11 @@ def main() -> None:
     for n in (100_000, 1_000_000):
         body, hl = oip_binary_body(n)
         cases.append((f"OIP binary, n = {n:,}", len(body), lambda b=body, h=hl: oip_infer(b, h), n))
+    grpc_infer = _grpc_path()
+    if grpc_infer is not None:
+        for n in (100_000, 1_000_000):
+            body = oip_grpc_body(n)
+            cases.append((f"OIP gRPC, n = {n:,}", len(body), lambda b=body: grpc_infer(b), n))
     rows = []
     for name, size, fn, n in cases:
         repeat = args.repeat or (2000 if n <= 10 else 200 if n <= 100_000 else 40)

@@ -68,8 +68,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runner.lane_factory = lambda: LargeLane(threads, settings.output_pool_bytes)
             runner.lane = runner.lane_factory()
         readiness.start(settings.warmup, runner.lane)
-        yield
-        runner.shutdown()
+        grpc_server = None
+        try:  # the kernel threads and the lane are stopped even when gRPC cannot bind
+            if settings.grpc_port is not None:  # OIP over gRPC, in every worker (grpc_server.py)
+                from .grpc_server import GrpcInference
+
+                grpc_server = GrpcInference(settings, runner, metrics, readiness)
+                app.state.grpc_port = await grpc_server.start()
+            yield
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(settings.graceful_timeout)
+            runner.shutdown()
 
     app = FastAPI(title="lossd", version=__version__, description=_DESCRIPTION, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json" if settings.docs else None, lifespan=lifespan)

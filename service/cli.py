@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
                            description="Flags override the LOSSD_* environment variables.")
     serve.add_argument("--host", help="address to bind (LOSSD_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (LOSSD_PORT, default 8000)")
+    serve.add_argument("--grpc-port", type=int,
+                       help="port of the Open Inference Protocol over gRPC (LOSSD_GRPC_PORT, default: off)")
     serve.add_argument("--workers", type=int, help="worker processes (LOSSD_WORKERS, default 1)")
     serve.add_argument("--threads", type=int,
                        help="kernel threads per worker (LOSSD_THREADS, default cores / workers)")

@@ -2,8 +2,9 @@
 
     body -> codec.decode -> request model -> compute -> kernels -> result -> codec.encode -> body
 
-The routes run these functions on a request's body (inline, in the kernel threads or in
-the large lane: they are module-level and take plain data, so they pickle). No HTTP here.
+The routes and the gRPC server (``grpc_server.py``) run these functions on a request's
+body (inline, in the kernel threads or in the large lane: they are module-level and take
+plain data, so they pickle). No HTTP here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .codecs import json as json_codec
-from .codecs import oip_json
+from .codecs import oip_grpc, oip_json
 from .codecs.base import Codec
 from .codecs.oip_binary import HEADER_LENGTH
 from .compute import compute
@@ -37,3 +38,9 @@ def run_oip(body: bytes | memoryview, op: str, header_length: str | None,
     """POST /v2/models/{op}/infer; ``header_length``: Inference-Header-Content-Length."""
     headers = None if header_length is None else {HEADER_LENGTH: header_length}
     return run(oip_json.CODEC, body, op, headers, limits)
+
+
+def run_grpc(body: bytes | memoryview, limits: BodyLimits) -> tuple[bytes, dict[str, str], int]:
+    """inference.GRPCInferenceService/ModelInfer: a serialized ModelInferRequest (its model
+    named inside) to a serialized ModelInferResponse."""
+    return run(oip_grpc.CODEC, body, "", None, limits)

@@ -72,6 +72,10 @@ class Settings(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="TCP port of the Open Inference Protocol over gRPC (on host, shared by every "
+                    "worker); unset: no gRPC (0: any free port, for tests).")
     workers: int = Field(1, ge=1, le=256, description="Worker processes.")
     threads: int | None = Field(
         None, ge=1, le=1024,

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from lossd.service import pipeline
-from lossd.service.codecs import Codec, json as json_codec, oip_binary, oip_json
+from lossd.service.codecs import Codec, json as json_codec, oip_binary, oip_grpc, oip_json
 from lossd.service.errors import ApiError, RequestError
 from lossd.service.lane import _call, _unwrap
 from lossd.service.limits import BodyLimits
@@ -29,14 +29,14 @@ def test_protocol_is_decided_by_one_function():
 
 
 def test_every_codec_follows_the_protocol():
-    for codec in (json_codec.CODEC, oip_json.CODEC):
+    for codec in (json_codec.CODEC, oip_json.CODEC, oip_grpc.CODEC):
         assert isinstance(codec, Codec)
-    assert (json_codec.CODEC.name, oip_json.CODEC.name) == ("json", "oip")
+    assert (json_codec.CODEC.name, oip_json.CODEC.name, oip_grpc.CODEC.name) == ("json", "oip", "oip-grpc")
 
 
 def test_codecs_import_neither_fastapi_nor_the_routes():
     code = ("import sys; import lossd.service.codecs.json, lossd.service.codecs.oip_json, "
-            "lossd.service.codecs.oip_binary, lossd.service.pipeline; "
+            "lossd.service.codecs.oip_binary, lossd.service.codecs.oip_grpc, lossd.service.pipeline; "
             "print(sorted(m for m in sys.modules if m.startswith(('fastapi', 'lossd.service.routes', "
             "'lossd.service.app'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

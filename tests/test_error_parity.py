@@ -9,7 +9,9 @@ For each bad input of the table, the Python API raises ``lossd.kernels.InputErro
   (non-finite numbers as the "NaN"/"Infinity" strings, and also as Python's bare NaN token);
 - OIP ``/v2/models/loss/infer`` (and ``grad``), JSON tensors and binary tensors: 400,
   ``{"error": str(exc)}``; options travel as the request's ``parameters``, every array
-  (``pos_weight`` too) as an input tensor.
+  (``pos_weight`` too) as an input tensor;
+- OIP over gRPC (``LOSSD_GRPC_PORT``, tritonclient.grpc, raw_input_contents):
+  INVALID_ARGUMENT with ``str(exc)`` as its message.
 
 Raw httpx requests (the binary framing built here: JSON header,
 ``Inference-Header-Content-Length``, little-endian bytes), no service internals. Where a
@@ -34,6 +36,20 @@ from lossd.kernels import InputError
 from service_helpers import HCL, OIP_DATATYPES, jsonable
 
 pytestmark = pytest.mark.usefixtures("server_never_5xx")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """conftest's server with OIP over gRPC on (``server.grpc_port``)."""
+    from service_helpers import free_port, lossd_serve
+
+    grpc_port = free_port()
+    s = lossd_serve(env={"LOSSD_GRPC_PORT": str(grpc_port)})
+    s.grpc_port = grpc_port
+    try:
+        yield s.start()
+    finally:
+        s.close()
 
 TIMEOUT = 30.0
 
@@ -121,10 +137,29 @@ def oip_binary_body(case: Case) -> tuple[bytes, dict[str, str]]:
     return head + b"".join(blobs), {HCL: str(len(head)), "Content-Type": "application/octet-stream"}
 
 
+def grpc_error(server, case: Case, model: str) -> tuple[str, str]:
+    """(status code, message) of the case sent by tritonclient.grpc (raw_input_contents)."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    c = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    try:
+        inputs = []
+        for k, v in case.arrays.items():
+            t = grpcclient.InferInput(k, list(v.shape), OIP_DATATYPES[v.dtype.str[1:]])
+            t.set_data_from_numpy(np.ascontiguousarray(v))
+            inputs.append(t)
+        with pytest.raises(InferenceServerException) as info:
+            c.infer(model, inputs, parameters=oip_parameters(case), client_timeout=TIMEOUT)
+    finally:
+        c.close()
+    return info.value.status(), info.value.message()
+
+
 def _params(cases):
     out = []
     for c in cases:
-        transports = ["json", "oip-json", "oip-binary"]
+        transports = ["json", "oip-json", "oip-binary", "oip-grpc"]
         if any(np.isnan(v).any() for v in c.arrays.values() if v.dtype.kind == "f"):
             transports.append("json-bare-nan")  # Python's json writes NaN as a bare token
         for transport in transports:
@@ -157,6 +192,10 @@ def test_every_transport_reports_the_kernels_error(server, case, transport, mode
         detail = r.json()["detail"]
         assert detail[0]["loc"] == ["body", exc.argument, *exc.index], detail
         assert detail[0]["msg"] == str(exc), detail
+        return
+    if transport == "oip-grpc":
+        code, message = grpc_error(server, case, model)
+        assert (code, message) == ("StatusCode.INVALID_ARGUMENT", str(exc))
         return
     if transport == "oip-json":
         body, headers = oip_json_body(case), {"Content-Type": "application/json"}

@@ -26,6 +26,21 @@ from lossd import kernels
 ROOT = Path(__file__).resolve().parents[1]
 READMES = [ROOT / "README.md", ROOT / "client" / "README.md"]
 DEFAULT_ADDRESSES = ("127.0.0.1:8000", "localhost:8000")
+GRPC_ADDRESS = "127.0.0.1:8001"  # the README's LOSSD_GRPC_PORT=8001
+
+
+@pytest.fixture(scope="module")
+def server():
+    """conftest's server with OIP over gRPC on (LOSSD_GRPC_PORT) for the README's gRPC example."""
+    from service_helpers import free_port, lossd_serve
+
+    grpc_port = free_port()
+    s = lossd_serve(env={"LOSSD_GRPC_PORT": str(grpc_port)})
+    s.grpc_port = grpc_port
+    try:
+        yield s.start()
+    finally:
+        s.close()
 
 
 def blocks(path: Path, lang: str) -> list[tuple[int, str]]:
@@ -56,6 +71,7 @@ def test_the_readmes_have_python_blocks():
 def test_python_block_runs(server, path, line, code):
     for address in DEFAULT_ADDRESSES:
         code = code.replace(address, f"127.0.0.1:{server.port}")
+    code = code.replace(GRPC_ADDRESS, f"127.0.0.1:{server.grpc_port}")
     namespace = {"__name__": "__readme__"}
     try:
         exec(compile(code, f"{path.relative_to(ROOT)}:{line}", "exec"), namespace)

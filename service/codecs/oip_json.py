@@ -282,19 +282,7 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
         raise _error(f"inputs[{i}] must be an object with a name", "inputs", i)
     name = t["name"]
     _known_keys(t, _TENSOR_KEYS, f"input {name!r}")
-    if name not in allowed:
-        raise _error(f"unknown input tensor {name!r}; this model takes {', '.join(allowed)}", "inputs", i)
-    dtname = t.get("datatype")
-    if not isinstance(dtname, str) or dtname not in DATATYPES:  # a list or object is unhashable
-        raise _error(f"input {name!r}: unknown datatype {dtname!r}", "inputs", i)
-    if dtname not in allowed[name]:
-        raise _error(f"input {name!r}: datatype {dtname} is not accepted (use {', '.join(allowed[name])})", "inputs", i)
-    shape = t.get("shape")
-    if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                               for d in shape)):
-        raise _error(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}", "inputs", i)
-    count = math.prod(shape)
-    dtype = DATATYPES[dtname]
+    dtname, shape, count, dtype = check_tensor(i, name, t.get("datatype"), t.get("shape"), allowed)
     # other parameters (MLServer's content_type, ...) are the clients' own: ignored
     tparams = _object_or_none(t.get("parameters"), f"input {name!r}: parameters")
     size = tparams.get("binary_data_size")
@@ -305,6 +293,22 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
     if "data" not in t:
         raise _error(f"input {name!r} has neither data nor binary_data_size", "inputs", i)
     return name, _json_tensor(name, t["data"], shape, dtname, dtype, count), 0
+
+
+def check_tensor(i: int, name: str, dtname: Any, shape: Any, allowed: dict[str, tuple[str, ...]]
+                 ) -> tuple[str, list[int], int, np.dtype]:
+    """(datatype, shape, element count, dtype) of input ``name`` (the ``i``-th), checked
+    against the model's inputs; shared by every OIP transport (JSON, binary, gRPC)."""
+    if name not in allowed:
+        raise _error(f"unknown input tensor {name!r}; this model takes {', '.join(allowed)}", "inputs", i)
+    if not isinstance(dtname, str) or dtname not in DATATYPES:  # a list or object is unhashable
+        raise _error(f"input {name!r}: unknown datatype {dtname!r}", "inputs", i)
+    if dtname not in allowed[name]:
+        raise _error(f"input {name!r}: datatype {dtname} is not accepted (use {', '.join(allowed[name])})", "inputs", i)
+    if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                               for d in shape)):
+        raise _error(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}", "inputs", i)
+    return dtname, shape, math.prod(shape), DATATYPES[dtname]
 
 
 def _json_tensor(name: str, data: Any, shape: list[int], dtname: str, dtype: np.dtype, count: int) -> np.ndarray:
@@ -451,33 +455,44 @@ class OipCodec:
     def decode(self, body: bytes | memoryview, op: str, headers: Mapping[str, str] | None = None,
                limits: BodyLimits = BodyLimits()) -> Decoded:
         header_length = None if headers is None else headers.get(HEADER_LENGTH)
-        req = decode_request(body, header_length, ALLOWED_INPUTS[op], limits.max_json_depth)
-        data = _options(op, req.parameters)
-        inputs = req.inputs
-        if "pos_weight" in inputs:  # per-column weights travel as a tensor: taken as it is
-            if "pos_weight" in data:
-                raise _error("pos_weight is given both as a parameter and as an input tensor", "parameters",
-                             "pos_weight")
-            pw = inputs.pop("pos_weight")
-            data["pos_weight"] = pw.reshape(-1) if pw.ndim else float(pw)
-        if "intercept" in inputs:
-            if "intercept" in data:
-                raise _error("intercept is given both as a parameter and as an input tensor", "parameters",
-                             "intercept")
-            data["intercept"] = _tensor_scalar("intercept", inputs.pop("intercept"))
-        data.update(inputs)
-        request = build(op, data, _as_is)
-        ctx = InferContext(op, req.id, None if req.outputs is None else tuple(req.outputs), req.binary_output)
-        return Decoded(request, ctx)
+        return decoded_of(op, decode_request(body, header_length, ALLOWED_INPUTS[op], limits.max_json_depth))
 
     def encode(self, decoded: Decoded, result: Result) -> tuple[bytes, dict[str, str]]:
         ctx: InferContext = decoded.context
-        outputs = outputs_of(result)
-        if ctx.outputs is not None:
-            outputs = _select(ctx.model, outputs, [name for name, _ in ctx.outputs])
+        outputs = selected_outputs(ctx, result)
         asked = ctx.outputs or [(name, None) for name, _ in outputs]
         binary = {name: (ctx.binary_output if flag is None else flag) for name, flag in asked}
         return encode_response(InferResponse(ctx.model, ctx.id, outputs), binary)
+
+
+def decoded_of(op: str, req: InferRequest) -> Decoded:
+    """An infer request of model ``op`` as the request model: parameters are options,
+    ``pos_weight`` and ``intercept`` may come as tensors (every OIP transport)."""
+    data = _options(op, req.parameters)
+    inputs = req.inputs
+    if "pos_weight" in inputs:  # per-column weights travel as a tensor: taken as it is
+        if "pos_weight" in data:
+            raise _error("pos_weight is given both as a parameter and as an input tensor", "parameters",
+                         "pos_weight")
+        pw = inputs.pop("pos_weight")
+        data["pos_weight"] = pw.reshape(-1) if pw.ndim else float(pw)
+    if "intercept" in inputs:
+        if "intercept" in data:
+            raise _error("intercept is given both as a parameter and as an input tensor", "parameters",
+                         "intercept")
+        data["intercept"] = _tensor_scalar("intercept", inputs.pop("intercept"))
+    data.update(inputs)
+    request = build(op, data, _as_is)
+    ctx = InferContext(op, req.id, None if req.outputs is None else tuple(req.outputs), req.binary_output)
+    return Decoded(request, ctx)
+
+
+def selected_outputs(ctx: InferContext, result: Result) -> list[tuple[str, np.ndarray]]:
+    """The outputs of ``result`` the request asked for (all when it named none)."""
+    outputs = outputs_of(result)
+    if ctx.outputs is not None:
+        outputs = _select(ctx.model, outputs, [name for name, _ in ctx.outputs])
+    return outputs
 
 
 def _as_is(name: str, value: np.ndarray) -> np.ndarray:
