@@ -186,6 +186,14 @@ def lossd_serve(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
     return ServerProcess([str(LOSSD), "serve", "--host", "127.0.0.1", "--port", "{port}", *args], env=env)
 
 
+def lossd_serve_grpc(*args: str) -> ServerProcess:
+    """``lossd_serve`` with OIP over gRPC on a free port too (``.grpc_port``; not started yet)."""
+    grpc_port = free_port()
+    s = lossd_serve(*args, env={"LOSSD_GRPC_PORT": str(grpc_port)})
+    s.grpc_port = grpc_port
+    return s
+
+
 def raw_http(port: int, data: bytes, *, timeout: float = 5.0, then: bytes | None = None) -> bytes:
     """Send raw bytes on a new connection and read until the server closes it, the timeout
     passes, or a whole response (headers and Content-Length bytes) arrived."""

@@ -41,11 +41,9 @@ pytestmark = pytest.mark.usefixtures("server_never_5xx")
 @pytest.fixture(scope="module")
 def server():
     """conftest's server with OIP over gRPC on (``server.grpc_port``)."""
-    from service_helpers import free_port, lossd_serve
+    from service_helpers import lossd_serve_grpc
 
-    grpc_port = free_port()
-    s = lossd_serve(env={"LOSSD_GRPC_PORT": str(grpc_port)})
-    s.grpc_port = grpc_port
+    s = lossd_serve_grpc()
     try:
         yield s.start()
     finally:

@@ -32,11 +32,9 @@ GRPC_ADDRESS = "127.0.0.1:8001"  # the README's LOSSD_GRPC_PORT=8001
 @pytest.fixture(scope="module")
 def server():
     """conftest's server with OIP over gRPC on (LOSSD_GRPC_PORT) for the README's gRPC example."""
-    from service_helpers import free_port, lossd_serve
+    from service_helpers import lossd_serve_grpc
 
-    grpc_port = free_port()
-    s = lossd_serve(env={"LOSSD_GRPC_PORT": str(grpc_port)})
-    s.grpc_port = grpc_port
+    s = lossd_serve_grpc()
     try:
         yield s.start()
     finally:
