@@ -65,7 +65,8 @@ ENV PATH=/opt/lossd/bin:$PATH \
     NUMBA_CACHE_DIR=/tmp/lossd-numba
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8000
+# 8001: OIP over gRPC, served when LOSSD_GRPC_PORT=8001 is set (off by default)
+EXPOSE 8000 8001
 # /healthz: the process answers (readiness, /readyz, is for the orchestrator to poll).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('LOSSD_PORT', '8000'), timeout=2)"]

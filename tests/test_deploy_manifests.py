@@ -96,7 +96,9 @@ def test_pod_spec_matches_the_application_and_image(where, spec):
     Settings.from_env(env)  # every value is a valid setting
     port = int(env.get("LOSSD_PORT", Settings.model_fields["port"].default))
     ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
-    assert list(ports.values()) == [port], f"{where}: container ports {ports} but LOSSD_PORT={port}"
+    served = [port] + ([int(env["LOSSD_GRPC_PORT"])] if "LOSSD_GRPC_PORT" in env else [])
+    assert sorted(ports.values()) == sorted(served), \
+        f"{where}: container ports {ports} but LOSSD_PORT={port}, LOSSD_GRPC_PORT={env.get('LOSSD_GRPC_PORT')}"
     assert env.get("LOSSD_HOST") == "0.0.0.0"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
