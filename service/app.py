@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -20,7 +21,8 @@ from starlette.staticfiles import StaticFiles
 
 from lossd import kernels
 
-from . import __version__
+from . import __version__, shm
+from .shm import Registry
 from .errors import ApiError
 from .metrics import Metrics
 from .middleware import FrontDoor, log_safe
@@ -55,6 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runner = KernelRunner(settings.max_concurrency, settings.max_queue, settings.lane_bytes,
                           timeout=settings.compute_timeout)
     readiness = Readiness()
+    shm_registry, shm_owned = None, False
+    if settings.shm:  # the registry of lossd serve (LOSSD_SHM_DIR), else this app's own
+        shm_registry = Registry(settings.shm_dir or shm.make_directory(str(os.getpid())), settings.shm_prefix)
+        shm_owned = settings.shm_dir is None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -80,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc_server is not None:
                 await grpc_server.stop(settings.graceful_timeout)
             runner.shutdown()
+            if shm_owned:
+                shm.remove_directory(shm_registry.directory)
 
     app = FastAPI(title="lossd", version=__version__, description=_DESCRIPTION, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json" if settings.docs else None, lifespan=lifespan)
@@ -88,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = readiness
 
     pool = BufferPool(keep=settings.max_concurrency)
-    limits = BodyLimits(max_json_depth=settings.max_json_depth, max_elements=settings.max_elements)
+    limits = BodyLimits(max_json_depth=settings.max_json_depth, max_elements=settings.max_elements,
+                        shm=shm_registry)
     add_json_routes(app, runner, metrics, pool, settings.inline_bytes, limits)
     add_oip_routes(app, runner, metrics, readiness, pool, settings.inline_bytes, limits)
     _add_operations(app, metrics, readiness)

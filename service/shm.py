@@ -1,0 +1,219 @@
+"""System shared memory (Triton's extension): regions registered by name, tensors read
+from and written to them instead of travelling in the body. No HTTP here.
+
+Registration is shared by every worker process: the registry is a directory (``Settings
+.shm_dir``; ``lossd serve`` makes one under ``/dev/shm`` named from its pid and removes it
+at exit), one small file per region holding its key, offset and size. Registering creates
+the file (``O_EXCL``: a second registration of the name is refused by whichever worker
+gets it), unregistering removes it, and every worker looks the name up at each request.
+
+Safety. A client may truncate or unlink its region at any time, also during a request;
+touching a mapped page beyond a truncated file raises SIGBUS and kills the worker. So no
+region is ever mapped: each request opens the region's key (``/dev/shm/<key>``), reads a
+tensor with ``os.preadv`` into a fresh array and writes an output with ``os.pwrite``. A
+read past the end of the file returns short instead of faulting (the request gets a 400
+naming the region) and a write past it extends the file; an unlinked key fails to open
+(400 naming the region). Opening at each request also means nothing is held open between
+requests: unregistering, or the server stopping, releases everything. The cost is one
+copy of the tensor (memcpy speed from the page cache) and an open/close per tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import RequestError
+
+SHM_ROOT = "/dev/shm"
+_MAX_NAME = 200
+_MAX_IO = 1 << 30  # bytes per preadv/pwrite call (Linux moves at most ~2 GiB in one)
+
+
+def _error(msg: str, *loc: object) -> RequestError:
+    return RequestError.at(loc, msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+
+    def status(self) -> dict:
+        return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
+
+
+def _count(v: object, what: str, name: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise _error(f"shared memory region {name!r}: {what} must be a non-negative integer, got {v!r}")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """The regions of one server (``directory``); keys must start with ``prefix``. Plain
+    data: it travels to the kernel threads and the large lane with a request."""
+    directory: str
+    prefix: str = "/lossd"
+
+    # ------------------------------------------------------------------ registration
+
+    def _entry(self, name: str) -> str:
+        if not isinstance(name, str) or not name or len(name) > _MAX_NAME:
+            raise _error(f"shared memory region name {name!r} must be 1 to {_MAX_NAME} characters")
+        return os.path.join(self.directory, name.encode().hex())
+
+    def register(self, name: str, key: object, offset: object, byte_size: object) -> Region:
+        entry = self._entry(name)
+        if not isinstance(key, str) or not key.startswith(self.prefix):
+            raise _error(f"shared memory region {name!r}: key {key!r} is refused: keys must start with "
+                         f"{self.prefix!r} (LOSSD_SHM_PREFIX)")
+        base = key.lstrip("/")
+        if not base or "/" in base or base in (".", "..") or "\0" in base:
+            raise _error(f"shared memory region {name!r}: key {key!r} is not a POSIX shared memory name")
+        region = Region(name, key, _count(offset, "offset", name), _count(byte_size, "byte_size", name))
+        fd = self._open(region, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if region.offset + region.byte_size > size:
+            raise _error(f"shared memory region {name!r}: offset {region.offset} + byte_size {region.byte_size} "
+                         f"is beyond the {size} bytes of {key!r}")
+        try:
+            fd = os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise _error(f"shared memory region {name!r} is already registered") from None
+        except FileNotFoundError:
+            raise _error(f"shared memory region {name!r}: the server's registry is gone "
+                         "(the server is stopping)") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(region.status(), f)
+        return region
+
+    def unregister(self, name: str) -> None:
+        """Forget ``name``; unknown names are no error (as Triton)."""
+        try:
+            os.unlink(self._entry(name))
+        except FileNotFoundError:
+            pass
+
+    def unregister_all(self) -> None:
+        for region in self.regions():
+            self.unregister(region.name)
+
+    def regions(self) -> list[Region]:
+        out = []
+        try:
+            entries = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return []
+        for e in entries:
+            try:
+                out.append(self._read(bytes.fromhex(e).decode(), os.path.join(self.directory, e)))
+            except (ValueError, OSError):
+                continue  # removed meanwhile, or not ours
+        return out
+
+    def lookup(self, name: object) -> Region:
+        if not isinstance(name, str):
+            raise _error(f"shared_memory_region must be a string, got {name!r}")
+        try:
+            return self._read(name, self._entry(name))
+        except FileNotFoundError:
+            raise _error(f"shared memory region {name!r} is not registered") from None
+
+    @staticmethod
+    def _read(name: str, path: str) -> Region:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        return Region(name, d["key"], d["offset"], d["byte_size"])
+
+    @staticmethod
+    def _open(region: Region, flags: int) -> int:
+        try:
+            return os.open(os.path.join(SHM_ROOT, region.key.lstrip("/")), flags | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise _error(f"shared memory region {region.name!r}: key {region.key!r} does not exist "
+                         "(unlinked?)") from None
+        except OSError as exc:
+            raise _error(f"shared memory region {region.name!r}: key {region.key!r} cannot be opened: "
+                         f"{exc.strerror}") from None
+
+    # ------------------------------------------------------------------ tensors
+
+    def _span(self, what: str, params: dict) -> tuple[Region, int, int]:
+        region = self.lookup(params.get("shared_memory_region"))
+        size = _count(params.get("shared_memory_byte_size"), f"{what}: shared_memory_byte_size", region.name)
+        offset = _count(params.get("shared_memory_offset", 0), f"{what}: shared_memory_offset", region.name)
+        if offset + size > region.byte_size:
+            raise _error(f"{what}: shared_memory_offset {offset} + shared_memory_byte_size {size} is beyond "
+                         f"the {region.byte_size} bytes of shared memory region {region.name!r}")
+        return region, region.offset + offset, size
+
+    def read(self, name: str, params: dict, dtype: np.dtype, count: int) -> np.ndarray:
+        """Input ``name``'s ``count`` values of ``dtype`` from the region its ``params``
+        name (a fresh array: the client may rewrite the region once answered)."""
+        region, at, size = self._span(f"input {name!r}", params)
+        expect = count * dtype.itemsize
+        if size != expect:
+            raise _error(f"input {name!r}: shared_memory_byte_size = {size} does not match its shape and "
+                         f"datatype ({expect} bytes; region {region.name!r})")
+        arr = np.empty(count, dtype=dtype)
+        buf = memoryview(arr).cast("B")
+        fd = self._open(region, os.O_RDONLY)
+        try:
+            done = 0
+            while done < size:
+                n = os.preadv(fd, [buf[done:done + _MAX_IO]], at + done)
+                if n <= 0:
+                    raise _error(f"shared memory region {region.name!r}: {region.key!r} now ends before "
+                                 f"byte {at + size} (truncated?); input {name!r} could not be read")
+                done += n
+        finally:
+            os.close(fd)
+        return arr
+
+    def check_output(self, name: str, params: dict) -> tuple[str, int, int, int]:
+        """(region name, absolute offset, byte size, offset in the region) an output goes
+        to, checked before compute."""
+        region, at, size = self._span(f"output {name!r}", params)
+        return region.name, at, size, at - region.offset
+
+    def write(self, name: str, span: tuple[str, int, int, int], data: bytes | memoryview) -> None:
+        """Write output ``name`` at the start of its span (``check_output``); refuse when
+        the span is too small or the file is now shorter than it. A concurrent truncate
+        makes pwrite extend the file: no fault."""
+        region_name, at, size, _ = span
+        if len(data) > size:
+            raise _error(f"output {name!r} needs {len(data)} bytes, shared_memory_byte_size is {size} "
+                         f"(region {region_name!r})")
+        region = self.lookup(region_name)  # it may have been unregistered meanwhile
+        fd = self._open(region, os.O_RDWR)
+        try:
+            if os.fstat(fd).st_size < at + len(data):
+                raise _error(f"shared memory region {region_name!r}: {region.key!r} now ends before byte "
+                             f"{at + len(data)} (truncated?); output {name!r} could not be written")
+            view = memoryview(data).cast("B")
+            done = 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:done + _MAX_IO], at + done)
+        finally:
+            os.close(fd)
+
+
+def make_directory(tag: str) -> str:
+    """A fresh registry directory under /dev/shm (else the temp dir), named from ``tag``."""
+    root = SHM_ROOT if os.path.isdir(SHM_ROOT) else None
+    return tempfile.mkdtemp(prefix=f"lossd-registry-{tag}-", dir=root)
+
+
+def remove_directory(directory: str) -> None:
+    shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,256 @@
+"""Triton's system shared memory extension (service/shm.py) through the real
+``tritonclient.http`` and ``tritonclient.utils.shared_memory`` against a real ``lossd
+serve`` with ``LOSSD_SHM=true`` and a bearer token (two workers: a registration must
+reach every worker). Results are compared with ``kernels`` bit for bit; a client that
+truncates or unlinks its region gets a 400 naming it and the workers stay alive.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import numpy as np
+import pytest
+
+from lossd import kernels
+
+tritonclient = pytest.importorskip("tritonclient.http")
+shm = pytest.importorskip("tritonclient.utils.shared_memory")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from oip_helpers import expected_outputs  # noqa: E402
+from service_helpers import assert_bits_equal, lossd_serve  # noqa: E402
+
+TOKEN = "shm-test-token"
+
+
+def auth() -> dict[str, str]:
+    """A fresh headers dict per call: tritonclient adds Inference-Header-Content-Length
+    to the dict it is given (a shared one would carry it into the next request)."""
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = lossd_serve("--workers", "2", env={"LOSSD_SHM": "true", "LOSSD_API_TOKEN": TOKEN})
+    try:
+        yield s.start()
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def client(server):
+    c = tritonclient.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=60.0)
+    yield c
+    c.unregister_system_shared_memory(headers=auth())
+    c.close()
+
+
+
+@pytest.fixture
+def region():
+    """``region(name, key, byte_size)``: a shared memory region (destroyed after the test)."""
+    handles = []
+
+    def make(name: str, key: str, size: int):
+        h = shm.create_shared_memory_region(name, key, size)
+        handles.append(h)
+        return h
+
+    yield make
+    for h in handles:
+        try:
+            shm.destroy_shared_memory_region(h)
+        except Exception:  # unlinked by the test already
+            pass
+
+
+def _path(key: str) -> str:
+    return "/dev/shm/" + key.lstrip("/")
+
+
+def _error_of(fn, *args, **kwargs) -> str:
+    with pytest.raises(InferenceServerException) as exc:
+        fn(*args, **kwargs)
+    return str(exc.value)
+
+
+def _inputs(pred, lab, region_name: str, offsets=(0, None)):
+    a = tritonclient.InferInput("predictions", list(pred.shape), "FP64")
+    a.set_shared_memory(region_name, pred.nbytes, offset=0)
+    b = tritonclient.InferInput("labels", list(lab.shape), "FP64")
+    b.set_shared_memory(region_name, lab.nbytes, offset=pred.nbytes)
+    return [a, b]
+
+
+def _write_inputs(h, pred, lab):
+    shm.set_shared_memory_region(h, [pred])
+    shm.set_shared_memory_region(h, [lab], offset=pred.nbytes)
+
+
+def _small():
+    rng = np.random.default_rng(14)
+    return rng.normal(size=1000) * 3, (rng.random(1000) < 0.5).astype(np.float64)
+
+
+def test_extension_listed_and_token_applies(client, server):
+    assert "system_shared_memory" in client.get_server_metadata(headers=auth())["extensions"]
+    r = httpx.get(f"{server.url}/v2/systemsharedmemory/status")
+    assert r.status_code == 401
+    assert client.get_system_shared_memory_status(headers=auth()) == []
+
+
+@pytest.mark.parametrize("model", ["loss", "grad"])
+def test_inputs_and_outputs_in_shared_memory(client, region, model):
+    pred, lab = _small()
+    h_in = region("in", "/lossd_test_in", pred.nbytes + lab.nbytes)
+    _write_inputs(h_in, pred, lab)
+    client.register_system_shared_memory("in", "/lossd_test_in", pred.nbytes + lab.nbytes, headers=auth())
+    fn = kernels.loss if model == "loss" else kernels.grad
+    want = expected_outputs(fn(pred, lab, reduction="none"))
+    big = "losses" if model == "loss" else "grad"
+    h_out = region("out", "/lossd_test_out", 64 + want[big].nbytes)
+    client.register_system_shared_memory("out", "/lossd_test_out", 64 + want[big].nbytes, headers=auth())
+    status = client.get_system_shared_memory_status(headers=auth())
+    assert sorted(s["name"] for s in status) == ["in", "out"]
+    out = tritonclient.InferRequestedOutput(big)
+    out.set_shared_memory("out", want[big].nbytes, offset=64)
+    plain = tritonclient.InferRequestedOutput("mean", binary_data=True)
+    # every worker sees the registration: several requests land on both
+    for _ in range(6):
+        res = client.infer(model, _inputs(pred, lab, "in"), outputs=[out, plain],
+                           parameters={"reduction": "none"}, headers=auth())
+        meta = res.get_output(big)
+        assert meta["parameters"]["shared_memory_region"] == "out"
+        assert meta["parameters"]["shared_memory_byte_size"] == want[big].nbytes
+        got = shm.get_contents_as_numpy(h_out, np.float64, want[big].shape, offset=64)
+        assert_bits_equal(got, want[big], big)
+        assert_bits_equal(res.as_numpy("mean"), want["mean"], "mean")
+
+
+def test_refusals_name_the_region(client, region, server):
+    pred, lab = _small()
+    size = pred.nbytes + lab.nbytes
+    h = region("r", "/lossd_test_r", size)
+    _write_inputs(h, pred, lab)
+    # a key outside LOSSD_SHM_PREFIX (created, so that only the prefix refuses it)
+    region("other", "/other_lossd_test", 64)
+    msg = _error_of(client.register_system_shared_memory, "bad", "/other_lossd_test", 64, headers=auth())
+    assert "'bad'" in msg and "/lossd" in msg
+    # beyond the file
+    msg = _error_of(client.register_system_shared_memory, "big", "/lossd_test_r", size + 1, headers=auth())
+    assert "'big'" in msg and "beyond" in msg
+    msg = _error_of(client.register_system_shared_memory, "off", "/lossd_test_r", size, offset=8, headers=auth())
+    assert "'off'" in msg
+    # no such key
+    msg = _error_of(client.register_system_shared_memory, "nokey", "/lossd_test_none", 8, headers=auth())
+    assert "'nokey'" in msg
+    # unknown region at infer and status
+    msg = _error_of(client.infer, "loss", _inputs(pred, lab, "r"), headers=auth())
+    assert "'r'" in msg and "not registered" in msg
+    msg = _error_of(client.get_system_shared_memory_status, "r", headers=auth())
+    assert "'r'" in msg
+    client.register_system_shared_memory("r", "/lossd_test_r", size, headers=auth())
+    msg = _error_of(client.register_system_shared_memory, "r", "/lossd_test_r", size, headers=auth())
+    assert "'r'" in msg and "already registered" in msg
+    # offset/size beyond the registered region
+    a, b = _inputs(pred, lab, "r")
+    b.set_shared_memory("r", lab.nbytes, offset=pred.nbytes + 8)
+    msg = _error_of(client.infer, "loss", [a, b], headers=auth())
+    assert "'r'" in msg and "beyond" in msg
+    # byte size not matching the shape
+    b.set_shared_memory("r", lab.nbytes - 8, offset=pred.nbytes)
+    msg = _error_of(client.infer, "loss", [a, b], headers=auth())
+    assert "'r'" in msg
+    # an output span too small for the output
+    out = tritonclient.InferRequestedOutput("losses")
+    out.set_shared_memory("r", 16)
+    msg = _error_of(client.infer, "loss", _inputs(pred, lab, "r"), outputs=[out],
+                    parameters={"reduction": "none"}, headers=auth())
+    assert "'r'" in msg
+    assert client.infer("loss", _inputs(pred, lab, "r"), headers=auth()).as_numpy("loss") is not None
+    assert server.alive()
+
+
+def test_truncate_and_unlink_after_registration(client, region, server):
+    workers = sorted(server.children())
+    assert len(workers) >= 2
+    pred, lab = _small()
+    size = pred.nbytes + lab.nbytes
+    h = region("t", "/lossd_test_t", size)
+    _write_inputs(h, pred, lab)
+    client.register_system_shared_memory("t", "/lossd_test_t", size, headers=auth())
+    want = kernels.loss(pred, lab)
+    assert_bits_equal(client.infer("loss", _inputs(pred, lab, "t"), headers=auth()).as_numpy("loss"),
+                      np.array([want.loss]), "loss")
+    fd = os.open(_path("/lossd_test_t"), os.O_RDWR)
+    try:
+        os.ftruncate(fd, 0)
+        for _ in range(4):  # both workers
+            msg = _error_of(client.infer, "loss", _inputs(pred, lab, "t"), headers=auth())
+            assert "'t'" in msg and "truncated" in msg
+        out = tritonclient.InferRequestedOutput("loss")
+        client.unregister_system_shared_memory("t", headers=auth())
+        os.ftruncate(fd, size)
+        _write_inputs(h, pred, lab)
+        client.register_system_shared_memory("t", "/lossd_test_t", size, headers=auth())
+        o = region("to", "/lossd_test_to", 8)
+        client.register_system_shared_memory("to", "/lossd_test_to", 8, headers=auth())
+        out.set_shared_memory("to", 8)
+        client.infer("loss", _inputs(pred, lab, "t"), outputs=[out], headers=auth())
+        assert_bits_equal(shm.get_contents_as_numpy(o, np.float64, [1]), np.array([want.loss]), "loss")
+        # the output region truncated: the write is refused, nothing faults
+        fd2 = os.open(_path("/lossd_test_to"), os.O_RDWR)
+        os.ftruncate(fd2, 0)
+        os.close(fd2)
+        msg = _error_of(client.infer, "loss", _inputs(pred, lab, "t"), outputs=[out], headers=auth())
+        assert "'to'" in msg and "truncated" in msg
+    finally:
+        os.close(fd)
+    os.unlink(_path("/lossd_test_t"))
+    for _ in range(4):
+        msg = _error_of(client.infer, "loss", _inputs(pred, lab, "t"), headers=auth())
+        assert "'t'" in msg and "does not exist" in msg
+    assert server.alive() and sorted(server.children()) == workers  # no worker died (SIGBUS)
+    p, l = _small()
+    a, b = tritonclient.InferInput("predictions", [1000], "FP64"), tritonclient.InferInput("labels", [1000], "FP64")
+    a.set_data_from_numpy(p)
+    b.set_data_from_numpy(l)
+    r = client.infer("loss", [a, b], headers=auth())
+    assert_bits_equal(r.as_numpy("loss"), np.array([kernels.loss(p, l).loss]), "loss")
+
+
+def test_unregister_frees(client, region):
+    pred, lab = _small()
+    size = pred.nbytes + lab.nbytes
+    h = region("u", "/lossd_test_u", size)
+    _write_inputs(h, pred, lab)
+    client.register_system_shared_memory("u", "/lossd_test_u", size, headers=auth())
+    client.register_system_shared_memory("u2", "/lossd_test_u", size, headers=auth())
+    assert [s["name"] for s in client.get_system_shared_memory_status("u", headers=auth())] == ["u"]
+    client.unregister_system_shared_memory("u", headers=auth())
+    msg = _error_of(client.infer, "loss", _inputs(pred, lab, "u"), headers=auth())
+    assert "'u'" in msg and "not registered" in msg
+    assert [s["name"] for s in client.get_system_shared_memory_status(headers=auth())] == ["u2"]
+    client.unregister_system_shared_memory(headers=auth())
+    assert client.get_system_shared_memory_status(headers=auth()) == []
+    client.register_system_shared_memory("u", "/lossd_test_u", size, headers=auth())  # free again
+
+
+def test_off_by_default():
+    with lossd_serve() as s:
+        s.start()
+        c = tritonclient.InferenceServerClient(f"127.0.0.1:{s.port}")
+        assert "system_shared_memory" not in c.get_server_metadata()["extensions"]
+        for call in (lambda: c.get_system_shared_memory_status(),
+                     lambda: c.register_system_shared_memory("x", "/lossd_x", 8),
+                     lambda: c.unregister_system_shared_memory()):
+            _error_of(call)
+        r = httpx.post(f"{s.url}/v2/systemsharedmemory/region/x/register",
+                       json={"key": "/lossd_x", "offset": 0, "byte_size": 8})
+        assert r.status_code == 404
+        pred, lab = _small()
+        msg = _error_of(c.infer, "loss", _inputs(pred, lab, "x"))
+        assert "LOSSD_SHM" in msg
