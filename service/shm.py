@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,15 +159,16 @@ class Registry:
                          f"the {region.byte_size} bytes of shared memory region {region.name!r}")
         return region, region.offset + offset, size
 
-    def read(self, name: str, params: dict, dtype: np.dtype, count: int) -> np.ndarray:
+    def read(self, name: str, params: dict, dtype: np.dtype, count: int, slot: int = 0) -> np.ndarray:
         """Input ``name``'s ``count`` values of ``dtype`` from the region its ``params``
-        name (a fresh array: the client may rewrite the region once answered)."""
+        name: a copy (the client may rewrite the region meanwhile), into this thread's
+        buffer number ``slot`` (``_buffer``)."""
         region, at, size = self._span(f"input {name!r}", params)
         expect = count * dtype.itemsize
         if size != expect:
             raise _error(f"input {name!r}: shared_memory_byte_size = {size} does not match its shape and "
                          f"datatype ({expect} bytes; region {region.name!r})")
-        arr = np.empty(count, dtype=dtype)
+        arr = _buffer(slot, size).view(dtype)
         buf = memoryview(arr).cast("B")
         fd = self._open(region, os.O_RDONLY)
         try:
@@ -207,6 +209,29 @@ class Registry:
                 done += os.pwrite(fd, view[done:done + _MAX_IO], at + done)
         finally:
             os.close(fd)
+
+
+_local = threading.local()
+POOL_SLOTS = 8  # inputs per request read into reused buffers (a request has at most 7)
+POOL_MAX_BYTES = 256 << 20  # larger tensors get fresh memory, not kept
+
+
+def _buffer(slot: int, size: int) -> np.ndarray:
+    """``size`` bytes to read a tensor into. A buffer per input position and thread, kept
+    and reused: a fresh array's pages fault in on first write, which cost more than the
+    read itself (n = 10^7 FP64: about 26 to 120 ms fresh, 17 ms reused). Safe because a
+    request is decoded, computed and encoded in one call on one thread, and neither the
+    results nor the answer are views of the inputs: the buffer is free again when the
+    thread takes its next request."""
+    if slot >= POOL_SLOTS or size > POOL_MAX_BYTES:
+        return np.empty(size, dtype=np.uint8)
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = [None] * POOL_SLOTS
+    buf = bufs[slot]
+    if buf is None or len(buf) < size:
+        buf = bufs[slot] = np.empty(size, dtype=np.uint8)
+    return buf[:size]
 
 
 def make_directory(tag: str) -> str:

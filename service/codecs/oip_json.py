@@ -305,7 +305,7 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
         if "data" in t or size is not None:
             raise _error(f"input {name!r} has shared_memory_region and also "
                          f"{'data' if 'data' in t else 'binary_data_size'}", "inputs", i)
-        arr = _shm(shm, f"input {name!r}").read(name, tparams, dtype, count)
+        arr = _shm(shm, f"input {name!r}").read(name, tparams, dtype, count, i)
         return name, oip_binary.reshape(name, arr, shape, ("inputs", i)), 0
     if size is not None:
         if "data" in t:
