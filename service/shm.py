@@ -189,21 +189,21 @@ class Registry:
         region, at, size = self._span(f"output {name!r}", params)
         return region.name, at, size, at - region.offset
 
-    def write(self, name: str, span: tuple[str, int, int, int], data: bytes | memoryview) -> None:
+    def write(self, name: str, span: tuple[str, int, int, int], data: bytes | memoryview | np.ndarray) -> None:
         """Write output ``name`` at the start of its span (``check_output``); refuse when
         the span is too small or the file is now shorter than it. A concurrent truncate
         makes pwrite extend the file: no fault."""
         region_name, at, size, _ = span
-        if len(data) > size:
-            raise _error(f"output {name!r} needs {len(data)} bytes, shared_memory_byte_size is {size} "
+        view = memoryview(data).cast("B")  # an array's own bytes: no copy
+        if len(view) > size:
+            raise _error(f"output {name!r} needs {len(view)} bytes, shared_memory_byte_size is {size} "
                          f"(region {region_name!r})")
         region = self.lookup(region_name)  # it may have been unregistered meanwhile
         fd = self._open(region, os.O_RDWR)
         try:
-            if os.fstat(fd).st_size < at + len(data):
+            if os.fstat(fd).st_size < at + len(view):
                 raise _error(f"shared memory region {region_name!r}: {region.key!r} now ends before byte "
-                             f"{at + len(data)} (truncated?); output {name!r} could not be written")
-            view = memoryview(data).cast("B")
+                             f"{at + len(view)} (truncated?); output {name!r} could not be written")
             done = 0
             while done < len(view):
                 done += os.pwrite(fd, view[done:done + _MAX_IO], at + done)

@@ -420,9 +420,9 @@ def encode_response(resp: InferResponse, binary: dict[str, bool], parameters: di
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape)}
         span = shm_outputs.get(name)
         if span is not None and shm is not None:
-            data = oip_binary.output_bytes(arr)
+            data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))  # no copy if it is
             shm.write(name, span, data)
-            entry["parameters"] = {"shared_memory_region": span[0], "shared_memory_byte_size": len(data),
+            entry["parameters"] = {"shared_memory_region": span[0], "shared_memory_byte_size": data.nbytes,
                                    **({"shared_memory_offset": span[3]} if span[3] else {})}
         elif binary.get(name):
             data = oip_binary.output_bytes(arr)
