@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -88,15 +89,21 @@ class Registry:
         if region.offset + region.byte_size > size:
             raise _error(f"shared memory region {name!r}: offset {region.offset} + byte_size {region.byte_size} "
                          f"is beyond the {size} bytes of {key!r}")
+        # written aside, then linked in place: a reader never sees a half-written entry, and
+        # link() fails if the name exists (whichever worker registered it)
         try:
-            fd = os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise _error(f"shared memory region {name!r} is already registered") from None
+            fd, tmp = tempfile.mkstemp(prefix=".", dir=self.directory)
         except FileNotFoundError:
             raise _error(f"shared memory region {name!r}: the server's registry is gone "
                          "(the server is stopping)") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(region.status(), f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(region.status(), f)
+            os.link(tmp, entry)
+        except FileExistsError:
+            raise _error(f"shared memory region {name!r} is already registered") from None
+        finally:
+            os.unlink(tmp)
         return region
 
     def unregister(self, name: str) -> None:
@@ -117,6 +124,8 @@ class Registry:
         except FileNotFoundError:
             return []
         for e in entries:
+            if e.startswith("."):
+                continue  # being written (register)
             try:
                 out.append(self._read(bytes.fromhex(e).decode(), os.path.join(self.directory, e)))
             except (ValueError, OSError):
@@ -140,13 +149,21 @@ class Registry:
     @staticmethod
     def _open(region: Region, flags: int) -> int:
         try:
-            return os.open(os.path.join(SHM_ROOT, region.key.lstrip("/")), flags | os.O_CLOEXEC)
+            # O_NOFOLLOW: a symlink planted under /dev/shm does not lead elsewhere; O_NONBLOCK:
+            # a FIFO does not hang the open (and is refused below)
+            fd = os.open(os.path.join(SHM_ROOT, region.key.lstrip("/")),
+                         flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise _error(f"shared memory region {region.name!r}: key {region.key!r} does not exist "
                          "(unlinked?)") from None
         except OSError as exc:
             raise _error(f"shared memory region {region.name!r}: key {region.key!r} cannot be opened: "
                          f"{exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _error(f"shared memory region {region.name!r}: key {region.key!r} is not a shared "
+                         "memory object (a regular file under /dev/shm)")
+        return fd
 
     # ------------------------------------------------------------------ tensors
 

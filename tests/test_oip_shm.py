@@ -254,3 +254,62 @@ def test_off_by_default():
         pred, lab = _small()
         msg = _error_of(c.infer, "loss", _inputs(pred, lab, "x"))
         assert "LOSSD_SHM" in msg
+
+
+# ------------------------------------------------------------------ the registry alone
+
+def _registry(tmp_path):
+    from lossd.service.shm import Registry
+
+    return Registry(str(tmp_path), "/lossd")
+
+
+def test_registry_refuses_links_fifos_and_bad_keys(tmp_path):
+    from lossd.service.errors import RequestError
+
+    reg = _registry(tmp_path)
+    made = []
+    try:
+        target = "/dev/shm/lossd_test_target"
+        with open(target, "wb") as f:
+            f.write(b"\0" * 64)
+        made.append(target)
+        os.symlink(target, "/dev/shm/lossd_test_link")
+        made.append("/dev/shm/lossd_test_link")
+        os.mkfifo("/dev/shm/lossd_test_fifo")
+        made.append("/dev/shm/lossd_test_fifo")
+        for key, words in (("/lossd_test_link", "cannot be opened"), ("/lossd_test_fifo", "not a shared memory"),
+                           ("/lossd/../etc", "not a POSIX"), ("/lossd_test_target", None)):
+            if words is None:
+                assert reg.register("ok", key, 0, 64).byte_size == 64
+                continue
+            with pytest.raises(RequestError) as exc:
+                reg.register("x", key, 0, 8)
+            assert "'x'" in exc.value.message and words in exc.value.message
+        for bad in ((-1, 8), (0, -8), (True, 8), (0, "8")):
+            with pytest.raises(RequestError):
+                reg.register("y", "/lossd_test_target", *bad)
+        assert [r.name for r in reg.regions()] == ["ok"]
+        assert not [e for e in os.listdir(tmp_path) if e.startswith(".")]  # no temporary left
+    finally:
+        for m in made:
+            os.unlink(m)
+
+
+def test_registry_reads_and_writes(tmp_path):
+    reg = _registry(tmp_path)
+    key, path = "/lossd_test_rw", "/dev/shm/lossd_test_rw"
+    data = np.arange(10, dtype=np.float64)
+    with open(path, "wb") as f:
+        f.write(b"\0" * 8 + data.tobytes() + b"\0" * 80)
+    try:
+        reg.register("rw", key, 8, 160)
+        p = {"shared_memory_region": "rw", "shared_memory_byte_size": 80}
+        assert np.array_equal(reg.read("x", p, np.dtype("<f8"), 10), data)
+        span = reg.check_output("y", {**p, "shared_memory_offset": 80})
+        reg.write("y", span, data * 2)
+        with open(path, "rb") as f:
+            assert np.array_equal(np.frombuffer(f.read()[88:168]), data * 2)
+        assert np.array_equal(reg.read("x", p, np.dtype("<f8"), 10), data)  # the reused buffer, refilled
+    finally:
+        os.unlink(path)
