@@ -313,3 +313,12 @@ def test_registry_reads_and_writes(tmp_path):
         assert np.array_equal(reg.read("x", p, np.dtype("<f8"), 10), data)  # the reused buffer, refilled
     finally:
         os.unlink(path)
+
+
+def test_registry_directory_removed_at_exit():
+    with lossd_serve(env={"LOSSD_SHM": "true"}) as s:
+        s.start()
+        mine = [d for d in os.listdir("/dev/shm") if d.startswith(f"lossd-registry-{s.proc.pid}-")]
+        assert len(mine) == 1
+        assert s.stop() == 0
+    assert not os.path.exists(os.path.join("/dev/shm", mine[0]))
