@@ -322,3 +322,19 @@ def test_registry_directory_removed_at_exit():
         assert len(mine) == 1
         assert s.stop() == 0
     assert not os.path.exists(os.path.join("/dev/shm", mine[0]))
+
+
+def test_grpc_refuses_shared_memory_tensors():
+    """Shared memory is HTTP only for now: over gRPC a tensor naming a region is a clear 400."""
+    from lossd.service.codecs import oip_grpc
+    from lossd.service.errors import RequestError
+    from lossd.service.grpc_gen import grpc_predict_v2_pb2 as pb
+
+    msg = pb.ModelInferRequest(model_name="loss")
+    for name in ("predictions", "labels"):
+        t = msg.inputs.add(name=name, datatype="FP64", shape=[2])
+        t.parameters["shared_memory_region"].string_param = "r"
+        t.parameters["shared_memory_byte_size"].int64_param = 16
+    with pytest.raises(RequestError) as exc:
+        oip_grpc.decode_request(msg.SerializeToString())
+    assert "over HTTP only" in exc.value.message and "'predictions'" in exc.value.message

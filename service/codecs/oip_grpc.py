@@ -110,6 +110,11 @@ def _param(p: Any) -> Any:
     return None if which is None else getattr(p, which)
 
 
+def _no_shm(what: str) -> Exception:
+    return _error(f"{what} is in shared memory (shared_memory_region): system shared memory is served "
+                  "over HTTP only (LOSSD_SHM), not over gRPC")
+
+
 def decode_request(body: bytes | memoryview) -> tuple[str, str, oip_json.InferRequest]:
     """(model name, model version, the request as ``oip_json`` holds one)."""
     head, raw = split_raw(body)
@@ -128,6 +133,8 @@ def decode_request(body: bytes | memoryview) -> tuple[str, str, oip_json.InferRe
     for i, t in enumerate(msg.inputs):
         name = t.name
         dtname, shape, count, dtype = oip_json.check_tensor(i, name, t.datatype, list(t.shape), allowed)
+        if "shared_memory_region" in t.parameters:
+            raise _no_shm(f"input {name!r}")
         if raw:
             if t.HasField("contents"):
                 raise _error(f"input {name!r} has both contents and raw_input_contents", "inputs", i)
@@ -142,6 +149,8 @@ def decode_request(body: bytes | memoryview) -> tuple[str, str, oip_json.InferRe
     if msg.outputs:
         asked = []
         for o in msg.outputs:
+            if "shared_memory_region" in o.parameters:
+                raise _no_shm(f"output {o.name!r}")
             if any(o.name == a for a, _ in asked):
                 raise _error(f"output {o.name!r} is asked for twice")
             asked.append((o.name, None))
