@@ -59,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     readiness = Readiness()
     shm_registry, shm_owned = None, False
     if settings.shm:  # the registry of lossd serve (LOSSD_SHM_DIR), else this app's own
-        shm_registry = Registry(settings.shm_dir or shm.make_directory(str(os.getpid())), settings.shm_prefix)
+        # (an app's own directory is made at start and removed at shutdown, by its lifespan)
+        shm_registry = Registry(settings.shm_dir or shm.directory_name(str(os.getpid())), settings.shm_prefix)
         shm_owned = settings.shm_dir is None
 
     @asynccontextmanager
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         readiness.start(settings.warmup, runner.lane)
         grpc_server = None
         try:  # the kernel threads and the lane are stopped even when gRPC cannot bind
+            if shm_owned:
+                os.mkdir(shm_registry.directory, 0o700)
             if settings.grpc_port is not None:  # OIP over gRPC, in every worker (grpc_server.py)
                 from .grpc_server import GrpcInference
 

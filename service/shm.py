@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -249,6 +250,12 @@ def _buffer(slot: int, size: int) -> np.ndarray:
     if buf is None or len(buf) < size:
         buf = bufs[slot] = np.empty(size, dtype=np.uint8)
     return buf[:size]
+
+
+def directory_name(tag: str) -> str:
+    """A new registry directory's path (not made yet: ``os.mkdir(path, 0o700)``)."""
+    root = SHM_ROOT if os.path.isdir(SHM_ROOT) else tempfile.gettempdir()
+    return os.path.join(root, f"lossd-registry-{tag}-{secrets.token_hex(6)}")
 
 
 def make_directory(tag: str) -> str:

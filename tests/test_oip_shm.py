@@ -240,8 +240,7 @@ def test_unregister_frees(client, region):
 
 
 def test_off_by_default():
-    with lossd_serve() as s:
-        s.start()
+    with lossd_serve() as s:  # __enter__ starts it
         c = tritonclient.InferenceServerClient(f"127.0.0.1:{s.port}")
         assert "system_shared_memory" not in c.get_server_metadata()["extensions"]
         for call in (lambda: c.get_system_shared_memory_status(),
@@ -317,7 +316,6 @@ def test_registry_reads_and_writes(tmp_path):
 
 def test_registry_directory_removed_at_exit():
     with lossd_serve(env={"LOSSD_SHM": "true"}) as s:
-        s.start()
         mine = [d for d in os.listdir("/dev/shm") if d.startswith(f"lossd-registry-{s.proc.pid}-")]
         assert len(mine) == 1
         assert s.stop() == 0
@@ -338,3 +336,30 @@ def test_grpc_refuses_shared_memory_tensors():
     with pytest.raises(RequestError) as exc:
         oip_grpc.decode_request(msg.SerializeToString())
     assert "over HTTP only" in exc.value.message and "'predictions'" in exc.value.message
+
+
+def test_app_in_process_owns_its_registry():
+    """``create_app`` without LOSSD_SHM_DIR makes its own registry at start and removes it
+    at shutdown (nothing is made by merely building the app)."""
+    from fastapi.testclient import TestClient
+
+    from lossd.service import Settings, create_app
+
+    app = create_app(Settings(shm=True, warmup=False, lane_bytes=0))
+    path = "/dev/shm/lossd_test_app"
+    with open(path, "wb") as f:
+        f.write(b"\0" * 16)
+    try:
+        before = set(os.listdir("/dev/shm"))
+        with TestClient(app) as c:
+            made = [d for d in set(os.listdir("/dev/shm")) - before if d.startswith("lossd-registry-")]
+            assert len(made) == 1
+            r = c.post("/v2/systemsharedmemory/region/a/register", json={"key": "/lossd_test_app", "byte_size": 16})
+            assert r.status_code == 200, r.text
+            assert c.get("/v2/systemsharedmemory/status").json() == [
+                {"name": "a", "key": "/lossd_test_app", "offset": 0, "byte_size": 16}]
+            r = c.post("/v2/systemsharedmemory/region/a/register", json={"key": "/lossd_test_app", "size": 16})
+            assert r.status_code == 400 and "'a'" in r.json()["error"]
+        assert not os.path.exists(os.path.join("/dev/shm", made[0]))
+    finally:
+        os.unlink(path)
