@@ -33,7 +33,9 @@ import numpy as np
 
 from .errors import RequestError
 
-SHM_ROOT = "/dev/shm"
+# B108 reviewed: where POSIX shared memory objects live (shm_open), not a temp dir: keys are opened
+# O_NOFOLLOW, and registry directories are made with random names and mode 0700
+SHM_ROOT = "/dev/shm"  # nosec B108
 _MAX_NAME = 200
 _MAX_IO = 1 << 30  # bytes per preadv/pwrite call (Linux moves at most ~2 GiB in one)
 
