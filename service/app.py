@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.grpc_port is not None:  # OIP over gRPC, in every worker (grpc_server.py)
                 from .grpc_server import GrpcInference
 
-                grpc_server = GrpcInference(settings, runner, metrics, readiness)
+                grpc_server = GrpcInference(settings, runner, metrics, readiness, shm_registry)
                 app.state.grpc_port = await grpc_server.start()
             yield
         finally:

@@ -322,20 +322,53 @@ def test_registry_directory_removed_at_exit():
     assert not os.path.exists(os.path.join("/dev/shm", mine[0]))
 
 
-def test_grpc_refuses_shared_memory_tensors():
-    """Shared memory is HTTP only for now: over gRPC a tensor naming a region is a clear 400."""
-    from lossd.service.codecs import oip_grpc
-    from lossd.service.errors import RequestError
-    from lossd.service.grpc_gen import grpc_predict_v2_pb2 as pb
+def test_grpc_shared_memory():
+    """The same over gRPC (tritonclient.grpc): register, status, infer with inputs and an
+    output in regions, refusals naming the region, unregister; the extension listed."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from service_helpers import free_port
 
-    msg = pb.ModelInferRequest(model_name="loss")
-    for name in ("predictions", "labels"):
-        t = msg.inputs.add(name=name, datatype="FP64", shape=[2])
-        t.parameters["shared_memory_region"].string_param = "r"
-        t.parameters["shared_memory_byte_size"].int64_param = 16
-    with pytest.raises(RequestError) as exc:
-        oip_grpc.decode_request(msg.SerializeToString())
-    assert "over HTTP only" in exc.value.message and "'predictions'" in exc.value.message
+    grpc_port = free_port()
+    pred, lab = _small()
+    size = pred.nbytes + lab.nbytes
+    want = kernels.loss(pred, lab, reduction="none")
+    h = shm.create_shared_memory_region("g", "/lossd_test_g", size)
+    ho = shm.create_shared_memory_region("go", "/lossd_test_go", want.losses.nbytes)
+    try:
+        _write_inputs(h, pred, lab)
+        with lossd_serve(env={"LOSSD_SHM": "true", "LOSSD_GRPC_PORT": str(grpc_port)}):
+            c = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            assert "system_shared_memory" in c.get_server_metadata(as_json=True)["extensions"]
+            c.register_system_shared_memory("g", "/lossd_test_g", size)
+            c.register_system_shared_memory("go", "/lossd_test_go", want.losses.nbytes)
+            status = c.get_system_shared_memory_status(as_json=True)["regions"]
+            assert sorted(status) == ["g", "go"] and int(status["g"]["byte_size"]) == size
+            msg = _error_of(c.register_system_shared_memory, "g", "/lossd_test_g", size)
+            assert "'g'" in msg and "already registered" in msg
+            a = grpcclient.InferInput("predictions", [1000], "FP64")
+            a.set_shared_memory("g", pred.nbytes)
+            b = grpcclient.InferInput("labels", [1000], "FP64")
+            b.set_shared_memory("g", lab.nbytes, offset=pred.nbytes)
+            o = grpcclient.InferRequestedOutput("losses")
+            o.set_shared_memory("go", want.losses.nbytes)
+            m = grpcclient.InferRequestedOutput("mean")
+            res = c.infer("loss", [a, b], outputs=[o, m], parameters={"reduction": "none"})
+            assert_bits_equal(res.as_numpy("mean"), np.array([want.stats["mean"]]), "mean")
+            assert_bits_equal(shm.get_contents_as_numpy(ho, np.float64, [1000]), want.losses, "losses")
+            c.unregister_system_shared_memory("g")
+            msg = _error_of(c.infer, "loss", [a, b])
+            assert "'g'" in msg and "not registered" in msg
+            c.unregister_system_shared_memory()
+            assert not c.get_system_shared_memory_status(as_json=True).get("regions")
+            c.close()
+        with lossd_serve(env={"LOSSD_GRPC_PORT": str(grpc_port)}):  # off: UNIMPLEMENTED, clear 400 at infer
+            c = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            assert "LOSSD_SHM" in _error_of(c.get_system_shared_memory_status)
+            assert "LOSSD_SHM" in _error_of(c.infer, "loss", [a, b])
+            c.close()
+    finally:
+        shm.destroy_shared_memory_region(h)
+        shm.destroy_shared_memory_region(ho)
 
 
 def test_app_in_process_owns_its_registry():
