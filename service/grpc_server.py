@@ -13,7 +13,9 @@ over ``LOSSD_MAX_BODY_BYTES`` are refused by grpc itself (RESOURCE_EXHAUSTED). W
 ``LOSSD_API_TOKEN`` every call but ServerLive/ServerReady (the HTTP health paths are
 open too) needs the metadata ``authorization: Bearer <token>``. Calls are counted in
 the same Prometheus metrics as HTTP requests, with the gRPC method as the route and
-the status code's name as the status.
+the status code's name as the status. With ``LOSSD_SHM`` the system shared memory calls
+(SystemSharedMemoryStatus/Register/Unregister, Triton's messages) use the HTTP
+routes' registry (``shm.py``).
 """
 
 from __future__ import annotations
