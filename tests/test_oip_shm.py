@@ -222,6 +222,51 @@ def test_truncate_and_unlink_after_registration(client, region, server):
     assert_bits_equal(r.as_numpy("loss"), np.array([kernels.loss(p, l).loss]), "loss")
 
 
+def test_truncate_during_requests(client, region, server):
+    """A region truncated and restored over and over while requests read it: each answer
+    is 200 with the kernels' result or a 400 naming the region, never a 5xx or a dead
+    worker (preadv returns short where a mapping would fault)."""
+    import threading
+
+    workers = sorted(server.children())
+    n = 1_000_000
+    rng = np.random.default_rng(5)
+    pred, lab = rng.normal(size=n), (rng.random(n) < 0.5).astype(np.float64)
+    size = pred.nbytes + lab.nbytes
+    h = region("d", "/lossd_test_d", size)
+    _write_inputs(h, pred, lab)
+    client.register_system_shared_memory("d", "/lossd_test_d", size, headers=auth())
+    want = np.array([kernels.loss(pred, lab).loss])
+    fd = os.open(_path("/lossd_test_d"), os.O_RDWR)
+    stop = threading.Event()
+
+    def flip():
+        while not stop.is_set():
+            os.ftruncate(fd, 8 * n // 2)
+            os.ftruncate(fd, size)
+            os.pwrite(fd, pred.tobytes(), 0)  # zeroes past the cut: restore them
+            os.pwrite(fd, lab.tobytes(), pred.nbytes)
+
+    t = threading.Thread(target=flip)
+    t.start()
+    outcomes = set()
+    try:
+        for _ in range(30):
+            try:
+                r = client.infer("loss", _inputs(pred, lab, "d"), headers=auth())
+                outcomes.add("200")
+                assert np.isfinite(r.as_numpy("loss")).all()  # restored data may be mid-write
+            except InferenceServerException as exc:
+                assert "[400]" in str(exc) and "'d'" in str(exc), str(exc)
+                outcomes.add("400")
+    finally:
+        stop.set()
+        t.join()
+        os.close(fd)
+    assert_bits_equal(client.infer("loss", _inputs(pred, lab, "d"), headers=auth()).as_numpy("loss"), want, "loss")
+    assert server.alive() and sorted(server.children()) == workers
+
+
 def test_unregister_frees(client, region):
     pred, lab = _small()
     size = pred.nbytes + lab.nbytes
