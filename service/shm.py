@@ -233,7 +233,7 @@ class Registry:
 
 _local = threading.local()
 POOL_SLOTS = 8  # inputs per request read into reused buffers (a request has at most 7)
-POOL_MAX_BYTES = 256 << 20  # larger tensors get fresh memory, not kept
+POOL_MAX_BYTES = 256 << 20  # bytes kept per kernel thread; beyond, fresh memory (not kept)
 
 
 def _buffer(slot: int, size: int) -> np.ndarray:
@@ -243,14 +243,18 @@ def _buffer(slot: int, size: int) -> np.ndarray:
     request is decoded, computed and encoded in one call on one thread, and neither the
     results nor the answer are views of the inputs: the buffer is free again when the
     thread takes its next request."""
-    if slot >= POOL_SLOTS or size > POOL_MAX_BYTES:
+    if slot >= POOL_SLOTS:
         return np.empty(size, dtype=np.uint8)
     bufs = getattr(_local, "bufs", None)
     if bufs is None:
         bufs = _local.bufs = [None] * POOL_SLOTS
     buf = bufs[slot]
     if buf is None or len(buf) < size:
-        buf = bufs[slot] = np.empty(size, dtype=np.uint8)
+        kept = sum(len(b) for b in bufs if b is not None) - (0 if buf is None else len(buf))
+        buf = np.empty(size, dtype=np.uint8)
+        if kept + size > POOL_MAX_BYTES:  # all of a thread's buffers together stay under it
+            return buf
+        bufs[slot] = buf
     return buf[:size]
 
 

@@ -441,3 +441,26 @@ def test_app_in_process_owns_its_registry():
         assert not os.path.exists(os.path.join("/dev/shm", made[0]))
     finally:
         os.unlink(path)
+
+
+def test_read_buffers_are_reused_and_capped(monkeypatch):
+    """Inputs are read into a thread's kept buffers, all of them together under
+    POOL_MAX_BYTES; beyond it a read gets fresh memory that is not kept."""
+    import threading
+
+    from lossd.service import shm as service_shm
+
+    monkeypatch.setattr(service_shm, "POOL_MAX_BYTES", 1000)
+    got = {}
+
+    def run():
+        a = service_shm._buffer(0, 600)
+        got["reused"] = np.shares_memory(a, service_shm._buffer(0, 500))
+        b = service_shm._buffer(1, 600)  # 600 + 600 > 1000: fresh, not kept
+        got["fresh"] = not np.shares_memory(b, service_shm._buffer(1, 600))
+        got["kept"] = sum(len(x) for x in service_shm._local.bufs if x is not None)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert got == {"reused": True, "fresh": True, "kept": 600}
