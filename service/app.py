@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -20,7 +21,8 @@ from starlette.staticfiles import StaticFiles
 
 from lossd import kernels
 
-from . import __version__
+from . import __version__, shm
+from .shm import Registry
 from .errors import ApiError
 from .metrics import Metrics
 from .middleware import FrontDoor, log_safe
@@ -55,6 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runner = KernelRunner(settings.max_concurrency, settings.max_queue, settings.lane_bytes,
                           timeout=settings.compute_timeout)
     readiness = Readiness()
+    shm_registry, shm_owned = None, False
+    if settings.shm:  # the registry of lossd serve (LOSSD_SHM_DIR), else this app's own
+        # (an app's own directory is made at start and removed at shutdown, by its lifespan)
+        shm_registry = Registry(settings.shm_dir or shm.directory_name(str(os.getpid())), settings.shm_prefix)
+        shm_owned = settings.shm_dir is None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -70,16 +77,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         readiness.start(settings.warmup, runner.lane)
         grpc_server = None
         try:  # the kernel threads and the lane are stopped even when gRPC cannot bind
+            if shm_owned:
+                os.mkdir(shm_registry.directory, 0o700)
             if settings.grpc_port is not None:  # OIP over gRPC, in every worker (grpc_server.py)
                 from .grpc_server import GrpcInference
 
-                grpc_server = GrpcInference(settings, runner, metrics, readiness)
+                grpc_server = GrpcInference(settings, runner, metrics, readiness, shm_registry)
                 app.state.grpc_port = await grpc_server.start()
             yield
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(settings.graceful_timeout)
             runner.shutdown()
+            if shm_owned:
+                shm.remove_directory(shm_registry.directory)
 
     app = FastAPI(title="lossd", version=__version__, description=_DESCRIPTION, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json" if settings.docs else None, lifespan=lifespan)
@@ -88,7 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = readiness
 
     pool = BufferPool(keep=settings.max_concurrency)
-    limits = BodyLimits(max_json_depth=settings.max_json_depth, max_elements=settings.max_elements)
+    limits = BodyLimits(max_json_depth=settings.max_json_depth, max_elements=settings.max_elements,
+                        shm=shm_registry)
     add_json_routes(app, runner, metrics, pool, settings.inline_bytes, limits)
     add_oip_routes(app, runner, metrics, readiness, pool, settings.inline_bytes, limits)
     _add_operations(app, metrics, readiness)

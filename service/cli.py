@@ -76,6 +76,12 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         owned_dir = tempfile.mkdtemp(prefix="lossd-metrics-")
         os.environ[MULTIPROC_ENV] = owned_dir
+    shm_dir = None
+    if settings.shm and settings.shm_dir is None:  # one registry for every worker (shm.py)
+        from .shm import make_directory
+
+        shm_dir = make_directory(str(os.getpid()))
+        os.environ["LOSSD_SHM_DIR"] = shm_dir
     # SIGTERM/SIGINT end a graceful shutdown, then uvicorn re-raises the signal against the
     # handlers it found: with these no-ops the process then exits 0 (stopped as asked),
     # instead of dying by the signal (143), which orchestrators read as a crash.
@@ -95,6 +101,8 @@ def serve(settings: Settings) -> None:
     finally:
         if owned_dir:
             shutil.rmtree(owned_dir, ignore_errors=True)
+        if shm_dir:
+            shutil.rmtree(shm_dir, ignore_errors=True)
 
 
 def _check_cpu_target(mode: str) -> None:

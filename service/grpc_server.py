@@ -13,7 +13,9 @@ over ``LOSSD_MAX_BODY_BYTES`` are refused by grpc itself (RESOURCE_EXHAUSTED). W
 ``LOSSD_API_TOKEN`` every call but ServerLive/ServerReady (the HTTP health paths are
 open too) needs the metadata ``authorization: Bearer <token>``. Calls are counted in
 the same Prometheus metrics as HTTP requests, with the gRPC method as the route and
-the status code's name as the status.
+the status code's name as the status. With ``LOSSD_SHM`` the system shared memory calls
+(SystemSharedMemoryStatus/Register/Unregister, Triton's messages) use the HTTP
+routes' registry (``shm.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .metrics import Metrics
 from .routes_oip import metadata_of
 from .runner import KernelRunner, Readiness
 from .settings import Settings
+from .shm import Registry
 
 log = logging.getLogger("lossd")
 
@@ -62,13 +65,16 @@ class _Abort(Exception):
 class GrpcInference:
     """The service's methods; one per worker."""
 
-    def __init__(self, settings: Settings, runner: KernelRunner, metrics: Metrics, readiness: Readiness) -> None:
+    def __init__(self, settings: Settings, runner: KernelRunner, metrics: Metrics, readiness: Readiness,
+                 shm: Registry | None = None) -> None:
         self.settings = settings
         self.runner = runner
         self.metrics = metrics
         self.readiness = readiness
         self.token = None if settings.api_token is None else _digest(settings.api_token.encode())
-        self.limits = BodyLimits(max_json_depth=settings.max_json_depth, max_elements=settings.max_elements)
+        self.limits = BodyLimits(max_json_depth=settings.max_json_depth, max_elements=settings.max_elements,
+                                 shm=shm)
+        self.shm = shm
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
 
@@ -87,7 +93,8 @@ class GrpcInference:
         return pb.ModelReadyResponse(ready=self._ready())
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="lossd", version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(name="lossd", version=__version__,
+                                         extensions=["system_shared_memory"] if self.shm else [])
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
         meta = metadata_of(oip_grpc.check_model(request.name, request.version))
@@ -100,12 +107,39 @@ class GrpcInference:
                                         **tensors)
 
     async def model_infer(self, body: bytes, context) -> bytes:
-        if len(body) <= self.settings.inline_bytes:
+        if len(body) <= self.settings.inline_bytes and not (self.shm and b"shared_memory_region" in body):
             content, _, n = pipeline.run_grpc(body, self.limits)
         else:
             content, _, n = await self.runner.run(pipeline.run_grpc, body, self.limits)
         self.metrics.elements.labels(f"/{SERVICE}/ModelInfer").inc(n)
         return content
+
+    # system shared memory (shm.py; HTTP's routes_oip.add_shm_routes): UNIMPLEMENTED when off
+    def _registry(self) -> Registry:
+        if self.shm is None:
+            raise _Abort(grpc.StatusCode.UNIMPLEMENTED, "system shared memory is off on this server (LOSSD_SHM)")
+        return self.shm
+
+    async def shm_status(self, request: pb.SystemSharedMemoryStatusRequest, context):
+        reg = self._registry()
+        regions = [reg.lookup(request.name)] if request.name else reg.regions()
+        out = pb.SystemSharedMemoryStatusResponse()
+        for r in regions:
+            out.regions[r.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size))
+        return out
+
+    async def shm_register(self, request: pb.SystemSharedMemoryRegisterRequest, context):
+        self._registry().register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def shm_unregister(self, request: pb.SystemSharedMemoryUnregisterRequest, context):
+        reg = self._registry()
+        if request.name:
+            reg.unregister(request.name)
+        else:
+            reg.unregister_all()
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     # -------------------------------------------------------------- plumbing
     def _wrap(self, name: str, fn):
@@ -162,6 +196,14 @@ class GrpcInference:
                                     pb.ServerMetadataResponse),
             "ModelMetadata": unary("ModelMetadata", self.model_metadata, pb.ModelMetadataRequest,
                                    pb.ModelMetadataResponse),
+            "SystemSharedMemoryStatus": unary("SystemSharedMemoryStatus", self.shm_status,
+                                              pb.SystemSharedMemoryStatusRequest, pb.SystemSharedMemoryStatusResponse),
+            "SystemSharedMemoryRegister": unary("SystemSharedMemoryRegister", self.shm_register,
+                                                pb.SystemSharedMemoryRegisterRequest,
+                                                pb.SystemSharedMemoryRegisterResponse),
+            "SystemSharedMemoryUnregister": unary("SystemSharedMemoryUnregister", self.shm_unregister,
+                                                  pb.SystemSharedMemoryUnregisterRequest,
+                                                  pb.SystemSharedMemoryUnregisterResponse),
             # bytes in, bytes out: the codec parses and writes the message itself
             "ModelInfer": unary("ModelInfer", self.model_infer, None, None),
         })

@@ -17,6 +17,7 @@ import numpy as np
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError
+from .shm import Registry
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class BodyLimits:
     """What a decoded body may hold; plain data, so it travels to the large lane."""
     max_json_depth: int | None = None
     max_elements: int | None = None
+    shm: Registry | None = None  # system shared memory (LOSSD_SHM): the regions' registry
 
 
 # ------------------------------------------------------------------------ JSON depth

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from . import __version__, fields
 from .codecs.oip_binary import HEADER_LENGTH, HEADER_NAME
 from .bodies import BufferPool, run_on_body
-from .errors import ApiError
+from .errors import ApiError, RequestError
+from .shm import Registry
 from .limits import BodyLimits
 from .metrics import Metrics
 from .pipeline import run_oip
@@ -103,7 +105,8 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
 
     @app.get("/v2", tags=tags, summary="Server metadata", response_model=ServerMetadata)
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "lossd", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "lossd", "version": __version__,
+                "extensions": ["binary_tensor_data", *(["system_shared_memory"] if limits.shm else [])]}
 
     # empty bodies: documented without content (FastAPI would list an application/json one)
     @app.get("/v2/health/live", tags=tags, summary="200 while the process runs", response_class=Response,
@@ -138,7 +141,8 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
         header_length = request.headers.get(HEADER_LENGTH)
         # binary tensors cost nothing to decode: only all-JSON bodies go to the large lane
         content, headers, n = await run_on_body(request, pool, runner, inline_bytes, run_oip,
-                                                model, header_length, limits, lane=header_length is None)
+                                                model, header_length, limits, lane=header_length is None,
+                                                heavy=_in_shm if limits.shm else None)
         metrics.elements.labels(request.scope["route"].path).inc(n)
         return Response(content, headers=headers)
 
@@ -155,6 +159,61 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
     async def model_version_infer(request: Request) -> Response:
         _version(request.path_params["version"])
         return await run_infer(request)
+
+
+    if limits.shm is not None:
+        add_shm_routes(app, limits.shm, tags)
+
+
+def _in_shm(body) -> bool:
+    """Whether a (small) infer body names a shared memory region: its work is not small."""
+    return b"shared_memory_region" in bytes(body)
+
+
+_REGISTER_KEYS = ("key", "offset", "byte_size")
+
+
+def add_shm_routes(app: FastAPI, registry: Registry, tags: list[str]) -> None:
+    """Triton's system shared memory extension (``shm.py``); added only when LOSSD_SHM is
+    on (else these paths are 404, as on a server without the extension)."""
+    tags = [*tags, "system shared memory"]
+    base = "/v2/systemsharedmemory"
+
+    @app.get(base + "/status", tags=tags, summary="Every registered region")
+    async def shm_status() -> Response:
+        return JSONResponse([r.status() for r in registry.regions()])
+
+    @app.get(base + "/region/{region_name}/status", tags=tags, summary="One registered region")
+    async def shm_region_status(request: Request) -> Response:
+        return JSONResponse([registry.lookup(request.path_params["region_name"]).status()])
+
+    @app.post(base + "/region/{region_name}/register", tags=tags,
+              summary="Register a POSIX shared memory region: {key, offset, byte_size}")
+    async def shm_register(request: Request) -> Response:
+        name = request.path_params["region_name"]
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise RequestError.at((), f"shared memory region {name!r}: the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise RequestError.at((), f"shared memory region {name!r}: the body must be an object "
+                                  "{key, offset, byte_size}")
+        unknown = [k for k in body if k not in _REGISTER_KEYS]
+        if unknown:
+            raise RequestError.at((), f"shared memory region {name!r}: unknown field {unknown[0]!r} "
+                                  "(expected key, offset, byte_size)")
+        registry.register(name, body.get("key"), body.get("offset", 0), body.get("byte_size"))
+        return Response(status_code=200)
+
+    @app.post(base + "/region/{region_name}/unregister", tags=tags, summary="Unregister one region")
+    async def shm_unregister(request: Request) -> Response:
+        registry.unregister(request.path_params["region_name"])
+        return Response(status_code=200)
+
+    @app.post(base + "/unregister", tags=tags, summary="Unregister every region")
+    async def shm_unregister_all() -> Response:
+        registry.unregister_all()
+        return Response(status_code=200)
 
 
 # models referenced by $ref above, added to components by the app's openapi()

@@ -150,6 +150,16 @@ class Settings(BaseModel):
         description="CPU the kernels are compiled for: 'host' (tuned for this CPU), 'portable' (the "
                     "best x86-64-vN level this CPU runs, whose cache loads on any such CPU) or a level. "
                     "Read by lossd.kernels when it is imported.")
+    shm: bool = Field(
+        False, description="Triton's system shared memory extension: clients on this host register "
+                           "POSIX shared memory regions and infer tensors are read from / written to them.")
+    shm_prefix: str = Field(
+        "/lossd", min_length=2, pattern=r"^/[^/]+$",
+        description="Only shared memory keys starting with this are registered (LOSSD_SHM).")
+    shm_dir: str | None = Field(
+        None, min_length=1,
+        description="Directory of the shared memory registry, shared by the workers; default: "
+                    "'lossd serve' makes one under /dev/shm and removes it at exit.")
     baked_cache: str | None = Field(
         None, min_length=1,
         description="Folder of caches compiled ahead of time by 'lossd bake', one per target; the "

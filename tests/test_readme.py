@@ -31,10 +31,13 @@ GRPC_ADDRESS = "127.0.0.1:8001"  # the README's LOSSD_GRPC_PORT=8001
 
 @pytest.fixture(scope="module")
 def server():
-    """conftest's server with OIP over gRPC on (LOSSD_GRPC_PORT) for the README's gRPC example."""
-    from service_helpers import lossd_serve_grpc
+    """conftest's server with OIP over gRPC on (LOSSD_GRPC_PORT) for the README's gRPC example
+    and system shared memory (LOSSD_SHM) for its shared memory example."""
+    from service_helpers import free_port, lossd_serve
 
-    s = lossd_serve_grpc()
+    grpc_port = free_port()
+    s = lossd_serve(env={"LOSSD_GRPC_PORT": str(grpc_port), "LOSSD_SHM": "true"})
+    s.grpc_port = grpc_port
     try:
         yield s.start()
     finally:

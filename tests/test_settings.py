@@ -37,6 +37,11 @@ def test_settings_defaults_and_overrides():
     # flags win over the environment; None (flag not given) does not
     assert Settings.from_env({"LOSSD_PORT": "1234"}, port=4321).port == 4321
     assert Settings.from_env({"LOSSD_PORT": "1234"}, port=None).port == 1234
+    # system shared memory: off, keys under /lossd, the registry made by lossd serve
+    assert (s.shm, s.shm_prefix, s.shm_dir) == (False, "/lossd", None)
+    on = Settings.from_env({"LOSSD_SHM": "true", "LOSSD_SHM_PREFIX": "/mine", "LOSSD_SHM_DIR": "/dev/shm/x"})
+    assert (on.shm, on.shm_prefix, on.shm_dir) == (True, "/mine", "/dev/shm/x")
+    assert Settings.from_env(on.to_env()) == on
 
 
 @pytest.mark.parametrize("var,value", [
@@ -44,6 +49,7 @@ def test_settings_defaults_and_overrides():
     ("LOSSD_WORKERS", "0"), ("LOSSD_WORKERS", "many"), ("LOSSD_THREADS", "0"),
     ("LOSSD_MAX_BODY_BYTES", "10"), ("LOSSD_MAX_BODY_BYTES", "1e6x"), ("LOSSD_LOG_LEVEL", "loud"),
     ("LOSSD_WARMUP", "maybe"), ("LOSSD_MAX_QUEUE", "-1"),
+    ("LOSSD_SHM", "perhaps"), ("LOSSD_SHM_PREFIX", "lossd"), ("LOSSD_SHM_PREFIX", "/a/b"), ("LOSSD_SHM_PREFIX", "/"),
 ])
 def test_settings_bad_values_name_the_variable(var, value):
     with pytest.raises(ValueError) as info:

@@ -24,6 +24,7 @@ from .. import fields
 from ..errors import ApiError, RequestError
 from ..limits import BodyLimits
 from ..requests import Result
+from ..shm import Registry
 from ..grpc_gen import grpc_predict_v2_pb2 as pb
 from . import oip_binary, oip_json
 from .base import Decoded
@@ -110,8 +111,9 @@ def _param(p: Any) -> Any:
     return None if which is None else getattr(p, which)
 
 
-def decode_request(body: bytes | memoryview) -> tuple[str, str, oip_json.InferRequest]:
-    """(model name, model version, the request as ``oip_json`` holds one)."""
+def decode_request(body: bytes | memoryview, shm: Registry | None = None) -> tuple[str, str, oip_json.InferRequest]:
+    """(model name, model version, the request as ``oip_json`` holds one); tensors in
+    system shared memory are read from ``shm`` (None: off)."""
     head, raw = split_raw(body)
     try:
         msg = pb.ModelInferRequest.FromString(head)
@@ -128,6 +130,14 @@ def decode_request(body: bytes | memoryview) -> tuple[str, str, oip_json.InferRe
     for i, t in enumerate(msg.inputs):
         name = t.name
         dtname, shape, count, dtype = oip_json.check_tensor(i, name, t.datatype, list(t.shape), allowed)
+        if "shared_memory_region" in t.parameters:
+            if raw or t.HasField("contents"):
+                raise _error(f"input {name!r} has shared_memory_region and also "
+                             f"{'raw_input_contents' if raw else 'contents'}", "inputs", i)
+            tparams = {k: _param(v) for k, v in t.parameters.items()}
+            arr = oip_json._shm(shm, f"input {name!r}").read(name, tparams, dtype, count, i)
+            inputs[name] = oip_binary.reshape(name, arr, shape, ("inputs", i))
+            continue
         if raw:
             if t.HasField("contents"):
                 raise _error(f"input {name!r} has both contents and raw_input_contents", "inputs", i)
@@ -139,13 +149,17 @@ def decode_request(body: bytes | memoryview) -> tuple[str, str, oip_json.InferRe
         inputs[name] = arr
     params = {k: _param(v) for k, v in msg.parameters.items()}
     asked = None
+    shm_outputs: dict[str, tuple[str, int, int, int]] = {}
     if msg.outputs:
         asked = []
         for o in msg.outputs:
             if any(o.name == a for a, _ in asked):
                 raise _error(f"output {o.name!r} is asked for twice")
             asked.append((o.name, None))
-    req = oip_json.InferRequest(msg.id or None, inputs, params, asked, False)
+            if "shared_memory_region" in o.parameters:
+                oparams = {k: _param(v) for k, v in o.parameters.items()}
+                shm_outputs[o.name] = oip_json._shm(shm, f"output {o.name!r}").check_output(o.name, oparams)
+    req = oip_json.InferRequest(msg.id or None, inputs, params, asked, False, shm, shm_outputs)
     return model, msg.model_version, req
 
 
@@ -169,14 +183,26 @@ def _contents_tensor(name: str, t: Any, shape: list[int], dtname: str, dtype: np
     return oip_json._typed(name, arr, shape, dtname, dtype, count)
 
 
-def encode_response(model: str, rid: str | None, outputs: list[tuple[str, np.ndarray]]) -> bytes:
+def encode_response(model: str, rid: str | None, outputs: list[tuple[str, np.ndarray]],
+                    shm: Registry | None = None, shm_outputs: Mapping[str, tuple[str, int, int, int]] = {}) -> bytes:
     """A serialized ModelInferResponse whose outputs are raw_output_contents: the header
-    by protobuf, each array's bytes appended as field 6 from its own buffer."""
+    by protobuf, each array's bytes appended as field 6 from its own buffer. An output in
+    ``shm_outputs`` is written to its region instead, its raw_output_contents entry empty
+    (the entries stay one per output, in order)."""
     msg = pb.ModelInferResponse(model_name=model, model_version="1", id=rid or "")
     parts: list[Any] = [b""]
     for name, arr in outputs:
-        msg.outputs.add(name=name, datatype=datatype_of(arr), shape=list(arr.shape))
+        out = msg.outputs.add(name=name, datatype=datatype_of(arr), shape=list(arr.shape))
         data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        span = shm_outputs.get(name)
+        if span is not None and shm is not None:
+            shm.write(name, span, data)
+            out.parameters["shared_memory_region"].string_param = span[0]
+            out.parameters["shared_memory_byte_size"].int64_param = data.nbytes
+            if span[3]:
+                out.parameters["shared_memory_offset"].int64_param = span[3]
+            parts += [_RAW_OUTPUT_TAG, b"\0"]
+            continue
         view = memoryview(data).cast("B")
         parts += [_RAW_OUTPUT_TAG, _varint_bytes(view.nbytes), view]
     parts[0] = msg.SerializeToString()
@@ -200,14 +226,14 @@ class OipGrpcCodec:
 
     def decode(self, body: bytes | memoryview, op: str | None = None, headers: Mapping[str, str] | None = None,
                limits: BodyLimits = BodyLimits()) -> Decoded:
-        model, _, req = decode_request(body)
+        model, _, req = decode_request(body, limits.shm)
         if op and op != model:
             raise ApiError(404, f"model {model!r} was sent to {op!r}")
         return oip_json.decoded_of(model, req)
 
     def encode(self, decoded: Decoded, result: Result) -> tuple[bytes, dict[str, str]]:
         ctx: oip_json.InferContext = decoded.context
-        return encode_response(ctx.model, ctx.id, oip_json.selected_outputs(ctx, result)), {}
+        return encode_response(ctx.model, ctx.id, oip_json.selected_outputs(ctx, result), ctx.shm, ctx.shm_outputs), {}
 
 
 CODEC = OipGrpcCodec()

@@ -29,6 +29,7 @@ from .. import fields
 from ..errors import RequestError
 from ..limits import BodyLimits, JsonTooDeep, check_json_depth
 from ..requests import Result, build
+from ..shm import Registry
 from . import oip_binary
 from .base import Decoded
 from .json import _BOM, NONFINITE, DuplicateKey, _count_brackets, _parse, loads, nonfinite_as_text, simdjson
@@ -49,6 +50,8 @@ class InferRequest:
     parameters: dict[str, Any]
     outputs: list[tuple[str, bool | None]] | None  # (name, binary_data) as asked; None: all
     binary_output: bool  # the request-level binary_data_output
+    shm: Registry | None = None  # system shared memory (None: off)
+    shm_outputs: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)  # Registry.check_output
 
 
 @dataclass(slots=True)
@@ -86,9 +89,10 @@ def _param_bool(params: dict, key: str, where: str) -> bool | None:
 
 
 def decode_request(body: bytes | memoryview, header_length: str | None, allowed: dict[str, tuple[str, ...]],
-                   max_depth: int | None = None) -> InferRequest:
+                   max_depth: int | None = None, shm: Registry | None = None) -> InferRequest:
     """Parse an infer request. ``allowed`` maps each input name to its datatypes; a JSON
-    header nested deeper than ``max_depth`` is refused."""
+    header nested deeper than ``max_depth`` is refused. Tensors in system shared memory
+    are read from ``shm`` (None: the extension is off)."""
     header_raw, blob = oip_binary.split(body, header_length)
     try:
         check_json_depth(header_raw, max_depth)
@@ -113,7 +117,7 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, t in enumerate(raw_inputs):
-        name, arr, used = _decode_input(i, t, blob, offset, allowed, header_length is not None)
+        name, arr, used = _decode_input(i, t, blob, offset, allowed, header_length is not None, shm)
         if name in inputs:
             raise _error(f"input {name!r} appears twice")
         inputs[name] = arr
@@ -122,6 +126,7 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
 
     outputs = header.get("outputs")
     asked = None
+    shm_outputs: dict[str, tuple[str, int, int, int]] = {}
     if outputs is not None:
         if not isinstance(outputs, list):
             raise _error("outputs must be a list")
@@ -134,8 +139,17 @@ def decode_request(body: bytes | memoryview, header_length: str | None, allowed:
             if any(o["name"] == a for a, _ in asked):
                 raise _error(f"output {o['name']!r} is asked for twice")
             asked.append((o["name"], _param_bool(oparams, "binary_data", f"output {o['name']!r}")))
+            if "shared_memory_region" in oparams:
+                shm_outputs[o["name"]] = _shm(shm, f"output {o['name']!r}").check_output(o["name"], oparams)
     binary_output = bool(_param_bool(params, "binary_data_output", "request"))
-    return InferRequest(rid, inputs, params, asked, binary_output)
+    return InferRequest(rid, inputs, params, asked, binary_output, shm, shm_outputs)
+
+
+def _shm(shm: Registry | None, what: str) -> Registry:
+    if shm is None:
+        raise _error(f"{what} is in shared memory (shared_memory_region) but system shared memory is "
+                     "off on this server (LOSSD_SHM)")
+    return shm
 
 
 def _decode_header(body: bytes | memoryview, header_raw: bytes | memoryview, header_length: str | None) -> Any:
@@ -277,7 +291,8 @@ def _has_fraction(a: np.ndarray) -> bool:
         return bool((a != np.trunc(a)).any())
 
 
-def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[str, ...]], framed: bool):
+def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[str, ...]], framed: bool,
+                  shm: Registry | None = None):
     if not isinstance(t, dict) or not isinstance(t.get("name"), str):
         raise _error(f"inputs[{i}] must be an object with a name", "inputs", i)
     name = t["name"]
@@ -286,6 +301,12 @@ def _decode_input(i: int, t: Any, blob, offset: int, allowed: dict[str, tuple[st
     # other parameters (MLServer's content_type, ...) are the clients' own: ignored
     tparams = _object_or_none(t.get("parameters"), f"input {name!r}: parameters")
     size = tparams.get("binary_data_size")
+    if "shared_memory_region" in tparams:
+        if "data" in t or size is not None:
+            raise _error(f"input {name!r} has shared_memory_region and also "
+                         f"{'data' if 'data' in t else 'binary_data_size'}", "inputs", i)
+        arr = _shm(shm, f"input {name!r}").read(name, tparams, dtype, count, i)
+        return name, oip_binary.reshape(name, arr, shape, ("inputs", i)), 0
     if size is not None:
         if "data" in t:
             raise _error(f"input {name!r} has both data and binary_data_size", "inputs", i)
@@ -388,15 +409,22 @@ def _flatten(data: list) -> list:
     return out
 
 
-def encode_response(resp: InferResponse, binary: dict[str, bool], parameters: dict[str, Any] | None = None
+def encode_response(resp: InferResponse, binary: dict[str, bool], parameters: dict[str, Any] | None = None,
+                    shm: Registry | None = None, shm_outputs: Mapping[str, tuple[str, int, int, int]] = {}
                     ) -> tuple[bytes, dict[str, str]]:
     """Body and headers: JSON outputs inline; binary ones appended after the JSON header
-    (``oip_binary``)."""
+    (``oip_binary``); those in ``shm_outputs`` written to their shared memory region."""
     outs = []
     blobs: list[bytes] = []
     for name, arr in resp.outputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape)}
-        if binary.get(name):
+        span = shm_outputs.get(name)
+        if span is not None and shm is not None:
+            data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))  # no copy if it is
+            shm.write(name, span, data)
+            entry["parameters"] = {"shared_memory_region": span[0], "shared_memory_byte_size": data.nbytes,
+                                   **({"shared_memory_offset": span[3]} if span[3] else {})}
+        elif binary.get(name):
             data = oip_binary.output_bytes(arr)
             entry["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)
@@ -444,6 +472,8 @@ class InferContext:
     id: str | None
     outputs: tuple[tuple[str, bool | None], ...] | None
     binary_output: bool
+    shm: Registry | None = None
+    shm_outputs: Mapping[str, tuple[str, int, int, int]] = field(default_factory=dict)
 
 
 class OipCodec:
@@ -455,14 +485,15 @@ class OipCodec:
     def decode(self, body: bytes | memoryview, op: str, headers: Mapping[str, str] | None = None,
                limits: BodyLimits = BodyLimits()) -> Decoded:
         header_length = None if headers is None else headers.get(HEADER_LENGTH)
-        return decoded_of(op, decode_request(body, header_length, ALLOWED_INPUTS[op], limits.max_json_depth))
+        return decoded_of(op, decode_request(body, header_length, ALLOWED_INPUTS[op], limits.max_json_depth,
+                                             limits.shm))
 
     def encode(self, decoded: Decoded, result: Result) -> tuple[bytes, dict[str, str]]:
         ctx: InferContext = decoded.context
         outputs = selected_outputs(ctx, result)
         asked = ctx.outputs or [(name, None) for name, _ in outputs]
         binary = {name: (ctx.binary_output if flag is None else flag) for name, flag in asked}
-        return encode_response(InferResponse(ctx.model, ctx.id, outputs), binary)
+        return encode_response(InferResponse(ctx.model, ctx.id, outputs), binary, None, ctx.shm, ctx.shm_outputs)
 
 
 def decoded_of(op: str, req: InferRequest) -> Decoded:
@@ -483,7 +514,8 @@ def decoded_of(op: str, req: InferRequest) -> Decoded:
         data["intercept"] = _tensor_scalar("intercept", inputs.pop("intercept"))
     data.update(inputs)
     request = build(op, data, _as_is)
-    ctx = InferContext(op, req.id, None if req.outputs is None else tuple(req.outputs), req.binary_output)
+    ctx = InferContext(op, req.id, None if req.outputs is None else tuple(req.outputs), req.binary_output,
+                       req.shm, req.shm_outputs)
     return Decoded(request, ctx)
 
 
