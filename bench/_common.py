@@ -90,6 +90,30 @@ class Check:
         return self.UNKNOWN if self.ok is None else "PASS" if self.ok else "FAIL"
 
 
+class Latencies:
+    """Statistics of a cell's ``times``: the latencies (seconds) of its sequential requests."""
+
+    times: list[float]
+
+    @property
+    def count(self) -> int:
+        return len(self.times)
+
+    @property
+    def rps(self) -> float:
+        """Sequential requests per second: requests over the time spent in them."""
+        return len(self.times) / sum(self.times)
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.times, q))
+
+    def latency_summary(self) -> dict[str, float]:
+        """p50, p90, p99, min, max and mean in milliseconds."""
+        return {**{f"p{q}_ms": self.pct(q) * 1e3 for q in (50, 90, 99)},
+                "min_ms": min(self.times) * 1e3, "max_ms": max(self.times) * 1e3,
+                "mean_ms": float(np.mean(self.times)) * 1e3}
+
+
 def checks_table(checks: Sequence[Check]) -> str:
     return md_table(["goal", "measured", "target", "result", "note"],
                     [[c.goal, c.measured, c.target, c.verdict, c.note] for c in checks])

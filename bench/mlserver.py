@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # bench/ is sys.path[0] until use_checkout() (oip.py calls it when imported) takes it off
-from _common import (BENCH_DIR, BadResponse, Check, CpuMeter, Server, _die_with_parent,
+from _common import (BENCH_DIR, BadResponse, Check, CpuMeter, Latencies, Server, _die_with_parent,
                      checks_table, exit_code, fmt, footer_line, free_port, goals_json,
                      http_environment, json_head, load_at_start, load_head, loads_text, log,
                      lossd_server, make_data, md_table, servers_cpu_s, start_all, stop_all,
@@ -161,7 +161,7 @@ def lossd_bench_server(out: Path, threads: int | None) -> Server:
 # --------------------------------------------------------------------------- timing
 
 @dataclass
-class Cell:
+class Cell(Latencies):
     impl: str
     n: int
     body_bytes: int
@@ -169,25 +169,12 @@ class Cell:
     losses: set[float] = field(default_factory=set)  # every distinct answer
 
     @property
-    def count(self) -> int:
-        return len(self.times)
-
-    @property
-    def rps(self) -> float:
-        return len(self.times) / sum(self.times)
-
-    def pct(self, q: float) -> float:
-        return float(np.percentile(self.times, q))
-
-    @property
     def loss(self) -> float | None:
         return next(iter(self.losses)) if len(self.losses) == 1 else None
 
     def summary(self) -> dict:
         return {"impl": self.impl, "n": self.n, "body_bytes": self.body_bytes, "requests": self.count,
-                "requests_per_s": self.rps, **{f"p{q}_ms": self.pct(q) * 1e3 for q in (50, 90, 99)},
-                "min_ms": min(self.times) * 1e3, "max_ms": max(self.times) * 1e3,
-                "mean_ms": float(np.mean(self.times)) * 1e3, "losses": sorted(self.losses)}
+                "requests_per_s": self.rps, **self.latency_summary(), "losses": sorted(self.losses)}
 
 
 @dataclass

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # bench/ is sys.path[0] until use_checkout() takes it off
-from _common import (BENCH_DIR, BadResponse, Check, CpuMeter, Server, asgi_lifespan, checks_table,
+from _common import (BENCH_DIR, BadResponse, Check, CpuMeter, Latencies, Server, asgi_lifespan, checks_table,
                      child_env, exit_code, fmt, footer_line, free_port, goals_json,
                      http_environment, json_head, load_at_start, load_head, log, lossd_server,
                      make_data, md_table, receive_body, servers_cpu_s, start_all, stop_all,
@@ -194,16 +194,12 @@ def loss_of(impl: str, content: bytes, headers) -> float:
 # --------------------------------------------------------------------------- timing
 
 @dataclass
-class Cell:
+class Cell(Latencies):
     impl: str
     n: int
     body_bytes: int
     times: list[float] = field(default_factory=list)
     loss: float | None = None  # from the first answer (lossd cells)
-
-    @property
-    def count(self) -> int:
-        return len(self.times)
 
     @property
     def eps(self) -> float:
@@ -218,15 +214,10 @@ class Cell:
     def mbps(self) -> float:
         return self.body_bytes * len(self.times) / sum(self.times) / 1e6
 
-    def pct(self, q: float) -> float:
-        return float(np.percentile(self.times, q))
-
     def summary(self) -> dict:
         return {"impl": self.impl, "n": self.n, "body_bytes": self.body_bytes, "requests": self.count,
-                "elements_per_s": self.eps, "body_MB_per_s": self.mbps,
-                **{f"p{q}_ms": self.pct(q) * 1e3 for q in (50, 90, 99)},
-                "min_ms": min(self.times) * 1e3, "max_ms": max(self.times) * 1e3,
-                "mean_ms": float(np.mean(self.times)) * 1e3, "loss": self.loss}
+                "elements_per_s": self.eps, "body_MB_per_s": self.mbps, **self.latency_summary(),
+                "loss": self.loss}
 
 
 @dataclass

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # bench/ is sys.path[0] until use_checkout() takes it off
-from _common import (BENCH_DIR, BadResponse, Check, CpuMeter, Server, checks_table, child_env,
+from _common import (BENCH_DIR, BadResponse, Check, CpuMeter, Latencies, Server, checks_table, child_env,
                      exit_code, fmt, footer_line, free_port, goals_json, http_environment,
                      json_head, load_at_start, load_head, log, lossd_server, make_data, md_table,
                      servers_cpu_s, start_all, stop_all, stop_on_sigterm, use_checkout,
@@ -121,7 +121,7 @@ def make_body(s: np.ndarray, y: np.ndarray, reduction: str) -> bytes:
 
 
 @dataclass
-class Cell:
+class Cell(Latencies):
     """Latencies (seconds) of one implementation on one case."""
 
     impl: str
@@ -131,24 +131,9 @@ class Cell:
     first: dict | None = None  # the parsed first answer, for the agreement check
     first_len: int = 0         # its size in bytes (the floor server sends as many)
 
-    @property
-    def count(self) -> int:
-        return len(self.times)
-
-    @property
-    def rps(self) -> float:
-        """Sequential requests per second: requests over the time spent in them."""
-        return len(self.times) / sum(self.times)
-
-    def pct(self, q: float) -> float:
-        return float(np.percentile(self.times, q))
-
     def summary(self) -> dict:
         return {"impl": self.impl, "n": self.n, "reduction": self.reduction,
-                "requests": self.count, "rps": self.rps,
-                **{f"p{q}_ms": self.pct(q) * 1e3 for q in (50, 90, 99)},
-                "min_ms": min(self.times) * 1e3, "max_ms": max(self.times) * 1e3,
-                "mean_ms": float(np.mean(self.times)) * 1e3}
+                "requests": self.count, "rps": self.rps, **self.latency_summary()}
 
 
 def post(client: httpx.Client, url: str, body: bytes,
