@@ -20,8 +20,6 @@ routes' registry (``shm.py``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
 from typing import Any
@@ -30,6 +28,7 @@ import grpc
 
 from . import __version__, pipeline
 from .codecs import oip_grpc
+from .auth import bearer_refusal, token_digest
 from .drain import DRAINING
 from .errors import ApiError
 from .grpc_gen import grpc_predict_v2_pb2 as pb
@@ -51,10 +50,6 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})  # as /v2/health/ over HTTP
 
 
-def _digest(token: bytes) -> bytes:
-    return hashlib.sha256(token).digest()  # equal lengths for compare_digest (as middleware.py)
-
-
 class _Abort(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
@@ -71,7 +66,7 @@ class GrpcInference:
         self.runner = runner
         self.metrics = metrics
         self.readiness = readiness
-        self.token = None if settings.api_token is None else _digest(settings.api_token.encode())
+        self.token = None if settings.api_token is None else token_digest(settings.api_token.encode())
         self.limits = BodyLimits(max_json_depth=settings.max_json_depth, max_elements=settings.max_elements,
                                  shm=shm)
         self.shm = shm
@@ -175,12 +170,9 @@ class GrpcInference:
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 got = value if isinstance(value, str) else value.decode("latin-1")
-        scheme, _, credentials = got.partition(" ")
-        ok = hmac.compare_digest(_digest(credentials.strip().encode()), self.token)
-        if not (ok and scheme.lower() == "bearer"):
-            why = "missing" if not got else "wrong"
-            raise _Abort(grpc.StatusCode.UNAUTHENTICATED,
-                         f"bearer token {why}: send 'Authorization: Bearer <token>'")  # HTTP's words
+        refusal = bearer_refusal(got.encode(), self.token)
+        if refusal is not None:
+            raise _Abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
 
     def handlers(self) -> grpc.GenericRpcHandler:
         def unary(name, fn, req_cls, resp_cls):

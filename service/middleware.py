@@ -4,8 +4,6 @@ would cost a task and a queue per request)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 import time
@@ -16,6 +14,7 @@ import orjson
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .auth import bearer_refusal, token_digest
 from .errors import ApiError
 from .metrics import Metrics
 from .protocol import protocol_of
@@ -59,19 +58,13 @@ def log_safe(text: str, limit: int = 512) -> str:
     return out if len(text) <= limit else out + "..."
 
 
-def _token_digest(token: bytes) -> bytes:
-    # equal-length digests: compare_digest's time then depends on neither the token's
-    # length nor its content
-    return hashlib.sha256(token).digest()
-
-
 class FrontDoor:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, api_token: str | None,
                  open_paths: Iterable[str], metrics: Metrics, access_log: bool,
                  routes: Callable[[], list]) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.token = None if api_token is None else _token_digest(api_token.encode())
+        self.token = None if api_token is None else token_digest(api_token.encode())
         self.open_paths = tuple(open_paths)
         self.metrics = metrics
         self.access_log = access_log
@@ -118,14 +111,9 @@ class FrontDoor:
 
     def _refuse(self, scope: Scope) -> ApiError | None:
         if self.token is not None and not scope["path"].startswith(self.open_paths):
-            got = _header(scope, b"authorization") or b""
-            scheme, _, credentials = got.partition(b" ")
-            ok = hmac.compare_digest(_token_digest(credentials.strip()), self.token)
-            ok = ok and scheme.lower() == b"bearer"
-            if not ok:
-                why = "missing" if not got else "wrong"
-                return ApiError(401, f"bearer token {why}: send 'Authorization: Bearer <token>'",
-                                {"www-authenticate": "Bearer"})
+            refusal = bearer_refusal(_header(scope, b"authorization") or b"", self.token)
+            if refusal is not None:
+                return ApiError(401, refusal, {"www-authenticate": "Bearer"})
         length = _header(scope, b"content-length")
         if length is not None:
             try:
