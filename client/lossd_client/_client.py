@@ -92,16 +92,28 @@ class _Base:
                   and is_loopback(self._host) and _shm.available())
         return grpc_port, prefix if shm_ok else None
 
+    def _metadata(self, response: httpx.Response) -> dict:
+        """The server metadata (GET /v2); a refusal (a wrong token) is raised for an explicit
+        transport, and means plain HTTP for auto (whose infer call then gets the refusal)."""
+        if response.status_code != 200 and self.transport != "auto":
+            raise LossdError(response.status_code, error_message(response.content, response.status_code))
+        try:
+            meta = response.json() if response.status_code == 200 else {}
+        except ValueError:
+            meta = {}
+        return meta if isinstance(meta, dict) else {}
+
     def _settle(self, available: list[str]) -> None:
         self.available_transports = tuple(available)
         log.debug("lossd_client: %s offers %s", self.url, ", ".join(available))
-        if self.transport not in ("auto", *available):
-            why = {"grpc": "announces no gRPC port (LOSSD_GRPC_PORT) or cannot be reached on it; pass grpc_port=",
-                   "shm": "has no system shared memory (LOSSD_SHM)"}[self.transport]
-            raise LossdError(501, f"transport = {self.transport!r}: the server at {self.url} {why}")
 
     def _pick(self, call: Call) -> str:
         if self.transport != "auto":
+            if self.transport not in (self.available_transports or ()):
+                why = {"grpc": "announces no gRPC port (LOSSD_GRPC_PORT; or pass grpc_port=)",
+                       "shm": "offers no system shared memory (LOSSD_SHM) or refused this client's "
+                              "region"}[self.transport]
+                raise LossdError(501, f"transport = {self.transport!r}: the server at {self.url} {why}")
             return self.transport
         return choose(request_bytes(call.inputs), self.available_transports or ("http",))
 
@@ -249,21 +261,20 @@ class Client(_Base):
         if not (self.transport == "grpc" and self.grpc_port):
             try:
                 response = self._http.get(_METADATA)
-                meta = response.json() if response.status_code == 200 else None
-            except (httpx.TransportError, ValueError):
-                meta = None
-            if meta is None:
+            except RETRYABLE_ERRORS as exc:
                 if self.transport == "auto":
-                    return  # over HTTP this time
-                meta = {}
+                    return  # over HTTP this time; looked at again at the next call
+                raise Retry(exc) from None
+            meta = self._metadata(response)
         grpc_port, prefix = self._offers(meta)
         available = ["http"]
         if grpc_port is not None and self.transport in ("auto", "grpc"):
             g = self._grpc
             self._channel = g.grpc.insecure_channel(g.target(self._host, grpc_port), options=g.CHANNEL_OPTIONS)
             self._grpc_call = self._channel.unary_unary(g.MODEL_INFER)
-            try:  # the port a server announces may not be reachable from here (a proxy)
-                self._channel.unary_unary(g.SERVER_LIVE)(b"", timeout=_PROBE_TIMEOUT)
+            try:  # auto: the port a server announces may not be reachable from here (a proxy)
+                if self.transport == "auto":
+                    self._channel.unary_unary(g.SERVER_LIVE)(b"", timeout=_PROBE_TIMEOUT)
                 available.append("grpc")
             except g.grpc.RpcError as exc:
                 log.debug("lossd_client: gRPC on port %d not reachable (%s)", grpc_port, exc.code())
@@ -275,7 +286,8 @@ class Client(_Base):
         self._settle(available)
 
     def _infer(self, call: Call) -> Any:
-        self._discover()
+        if self.available_transports is None:
+            self._retrying(self._discover)
         how = self._pick(call)
         if how == "shm":
             try:
@@ -447,13 +459,11 @@ class AsyncClient(_Base):
         if not (self.transport == "grpc" and self.grpc_port):
             try:
                 response = await self._http.get(_METADATA)
-                meta = response.json() if response.status_code == 200 else None
-            except (httpx.TransportError, ValueError):
-                meta = None
-            if meta is None:
+            except RETRYABLE_ERRORS as exc:
                 if self.transport == "auto":
-                    return
-                meta = {}
+                    return  # over HTTP this time; looked at again at the next call
+                raise Retry(exc) from None
+            meta = self._metadata(response)
         grpc_port, prefix = self._offers(meta)
         available = ["http"]
         if grpc_port is not None and self.transport in ("auto", "grpc"):
@@ -462,7 +472,8 @@ class AsyncClient(_Base):
             self._channel = g.grpc.aio.insecure_channel(g.target(self._host, grpc_port), options=g.CHANNEL_OPTIONS)
             self._grpc_call = self._channel.unary_unary(g.MODEL_INFER)
             try:
-                await self._channel.unary_unary(g.SERVER_LIVE)(b"", timeout=_PROBE_TIMEOUT)
+                if self.transport == "auto":
+                    await self._channel.unary_unary(g.SERVER_LIVE)(b"", timeout=_PROBE_TIMEOUT)
                 available.append("grpc")
             except g.grpc.RpcError as exc:
                 log.debug("lossd_client: gRPC on port %d not reachable (%s)", grpc_port, exc.code())
@@ -474,7 +485,8 @@ class AsyncClient(_Base):
         self._settle(available)
 
     async def _infer(self, call: Call) -> Any:
-        await self._discover()
+        if self.available_transports is None:
+            await self._retrying(self._discover)
         how = self._pick(call)
         if how == "shm":
             try:
