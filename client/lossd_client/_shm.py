@@ -28,7 +28,9 @@ import numpy as np
 from ._codec import _DATATYPES, Outputs
 from ._errors import LossdError
 
-SHM_ROOT = "/dev/shm"  # where Linux keeps POSIX shared memory objects (and the server looks)
+# B108 reviewed: where Linux keeps POSIX shared memory objects (shm_open; the server opens the
+# same path), not a temp dir: objects are created O_EXCL|O_NOFOLLOW, mode 0600, random names
+SHM_ROOT = "/dev/shm"  # nosec B108
 _ALIGN = 64  # every tensor starts on a cache line (and so at a multiple of its item size)
 _MIN_BYTES = 1 << 16
 _RESULT_ITEM = 8  # per-element outputs are FP64 at most: the room each element needs
