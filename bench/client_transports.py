@@ -6,7 +6,7 @@ measurement behind ``transport="auto"`` (``client/lossd_client/_transport.py``).
 Starts ``lossd serve --workers W --threads T --grpc-port P`` with ``LOSSD_SHM=true`` on
 free ports, then, for n = 10, 10^3, 10^5, 10^6 (and 10^7 unless ``--quick``), times
 sequential calls of one client per transport (``http``: binary tensors; ``http-json``
-up to 10^5; ``grpc``; ``shm``) for two calls: ``loss`` with reduction="mean" (FP64
+up to 10^5; ``grpc``; ``shm``, its header over gRPC; ``shm-http``, its header over HTTP) for two calls: ``loss`` with reduction="mean" (FP64
 predictions and labels in, scalars out) and ``grad`` with reduction="none" (2·n FP64
 out too). Each cell runs until ``repeat`` calls or ``budget`` seconds, after warm-up
 calls, and checks its last answer against ``kernels`` bit for bit. Prints a markdown
@@ -35,7 +35,7 @@ from lossd import kernels  # noqa: E402
 from lossd_client import Client  # noqa: E402
 from lossd_client._transport import GRPC_MAX_BYTES, SHM_MIN_BYTES, choose  # noqa: E402
 
-TRANSPORTS = ("http", "http-json", "grpc", "shm")
+TRANSPORTS = ("http", "http-json", "grpc", "shm", "shm-http")
 JSON_MAX_N = 100_000  # JSON tensors beyond this take seconds: not a contender
 CALLS = {"loss mean": ("loss", "mean"), "grad none": ("grad", "none")}
 
@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         clients = {"http": Client(server.url, transport="http", timeout=600),
                    "http-json": Client(server.url, transport="http", binary=False, timeout=600),
                    "grpc": Client(server.url, transport="grpc", timeout=600),
-                   "shm": Client(server.url, transport="shm", timeout=600)}
+                   "shm": Client(server.url, transport="shm", timeout=600),
+                   "shm-http": Client(server.url, transport="shm", timeout=600)}
+        # the shm header over HTTP, as a client without grpcio (or a server without gRPC) sends it
+        clients["shm-http"].loss(np.zeros(2), np.zeros(2))
+        clients["shm-http"]._grpc_call = None
         auto = Client(server.url, timeout=600)
         try:
             for n in sizes:

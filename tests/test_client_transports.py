@@ -49,6 +49,10 @@ def server():
 @pytest.fixture(scope="module")
 def clients(server):
     made = {t: Client(server.url, TOKEN, timeout=30.0, transport=t) for t in TRANSPORTS}
+    # shared memory with its header over HTTP, as without grpcio or a server without gRPC
+    made["shm-http"] = Client(server.url, TOKEN, timeout=30.0, transport="shm")
+    made["shm-http"].loss(np.zeros(2), np.zeros(2))
+    made["shm-http"]._grpc_call = None
     try:
         yield made
     finally:
@@ -56,7 +60,7 @@ def clients(server):
             c.close()
 
 
-@pytest.fixture(params=TRANSPORTS)
+@pytest.fixture(params=[*TRANSPORTS, "shm-http"])
 def client(request, clients) -> Client:
     return clients[request.param]
 
@@ -100,7 +104,7 @@ def test_large_calls_on_every_transport(clients, dtype) -> None:
             same_result(c.grad(pred, lab, reduction=red, sample_weight=w, quantiles=(0.5, 0.99)),
                         kernels.grad(pred, lab, reduction=red, sample_weight=w, quantiles=(0.5, 0.99)))
             same_result(c.loss(pred, lab, reduction=red), kernels.loss(pred, lab, reduction=red))
-        assert c.last_transport == ("shm" if t == "auto" else t)
+        assert c.last_transport == ("shm" if t in ("auto", "shm-http") else t)
 
 
 def test_async_client_on_every_transport(server) -> None:
@@ -118,7 +122,7 @@ def test_async_client_on_every_transport(server) -> None:
                 got = await asyncio.gather(*(c.loss(big[0] * k, big[1], **big[2]) for k in (1.0, 2.0, 3.0, 4.0)))
                 for k, r in zip((1.0, 2.0, 3.0, 4.0), got):
                     same_result(r, kernels.loss(big[0] * k, big[1], **big[2]))
-                assert c.last_transport == ("shm" if t == "auto" else t)
+                assert c.last_transport == ("shm" if t in ("auto", "shm-http") else t)
                 with pytest.raises(LossdError) as info:
                     await c.loss(np.array([0.5, 1.0]), np.array([1, 2]), loss="hinge")
                 assert info.value.status == 400 and str(info.value) == "labels[1] = 2 is not in {0, 1}"
