@@ -319,6 +319,24 @@ def test_segments_are_reused_grown_and_removed_on_close(server) -> None:
     assert not grown & _registered(server)
 
 
+@pytest.mark.parametrize("header", ["grpc", "http"])
+def test_a_region_the_server_forgot_is_registered_again(server, header) -> None:
+    """The server forgets the region (here unregistered behind the client's back, as after
+    a restart): the call registers it again and answers."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with Client(server.url, TOKEN, transport="shm") as c:
+        c.loss(logits(10), hard(10))
+        if header == "http":
+            c._grpc_call = None
+        (name,) = {seg.name for seg in c._shm._all}
+        for _ in range(2):
+            r = httpx.post(f"{server.url}/v2/systemsharedmemory/region/{name}/unregister", headers=auth)
+            assert r.status_code == 200 and name not in _registered(server)
+            pred, lab = logits(50), hard(50)
+            same_result(c.grad(pred, lab, reduction="none"), kernels.grad(pred, lab, reduction="none"))
+            assert name in _registered(server)
+
+
 # ------------------------------------------------------------------- generated code
 
 def test_generated_grpc_code_comes_from_the_services_proto() -> None:

@@ -111,8 +111,7 @@ class _Base:
         if self.transport != "auto":
             if self.transport not in (self.available_transports or ()):
                 why = {"grpc": "announces no gRPC port (LOSSD_GRPC_PORT; or pass grpc_port=)",
-                       "shm": "offers no system shared memory (LOSSD_SHM) or refused this client's "
-                              "region"}[self.transport]
+                       "shm": "offers no system shared memory (LOSSD_SHM)"}[self.transport]
                 raise LossdError(501, f"transport = {self.transport!r}: the server at {self.url} {why}")
             return self.transport
         return choose(request_bytes(call.inputs), self.available_transports or ("http",))
@@ -122,9 +121,6 @@ class _Base:
         the server refuses): shared memory is off for this client, observably."""
         log.debug("lossd_client: shared memory refused by %s (%s); not using it", self.url, exc)
         self.available_transports = tuple(t for t in self.available_transports or () if t != "shm")
-
-    def _grpc_attempt_error(self, exc: Exception) -> BaseException:
-        return self._grpc.refusal(exc)
 
     @staticmethod
     def _http_outcome(response: httpx.Response, shm: ShmReader | None | bool) -> Outputs | None:
@@ -143,8 +139,9 @@ class _Base:
                                          layout.output_parameters(seg))
 
     @staticmethod
-    def _registration(seg: _shm.Segment) -> tuple[str, dict[str, Any]]:
-        return _SHM + seg.name + "/register", {"key": seg.key, "offset": 0, "byte_size": seg.size}
+    def _registration(seg: _shm.Segment) -> tuple[str, bytes]:
+        body = {"key": seg.key, "offset": 0, "byte_size": seg.size}
+        return _SHM + seg.name + "/register", json.dumps(body).encode()
 
 
 class Client(_Base):
@@ -313,10 +310,10 @@ class Client(_Base):
         try:
             return self._grpc_call(body, timeout=self._grpc_timeout, metadata=md)
         except self._grpc.grpc.RpcError as exc:
-            raise self._grpc_attempt_error(exc) from None
+            raise self._grpc.refusal(exc) from None
 
     def _segment(self, size: int) -> _shm.Segment:
-        """A registered segment of at least ``size`` bytes (a free one, grown when small)."""
+        """A registered segment of at least ``size`` bytes (a free one, replaced when small)."""
         seg = self._shm.take()
         if seg is not None and seg.size < size:
             self._unregister(seg)
@@ -324,17 +321,20 @@ class Client(_Base):
             seg = None
         if seg is None:
             seg = self._shm.new(size)
-            path, body = self._registration(seg)
             try:
-                self._retrying(lambda: self._post(path, _json(body), {"Content-Type": "application/json"}, False))
-            except LossdError as exc:
-                self._shm.drop(seg)
-                raise _shm.Refused(exc.status, exc.message) from None
+                self._register(seg)
             except BaseException:
                 self._shm.drop(seg)
                 raise
-            seg.registered = True
         return seg
+
+    def _register(self, seg: _shm.Segment) -> None:
+        path, body = self._registration(seg)
+        try:
+            self._retrying(lambda: self._post(path, body, {"Content-Type": "application/json"}, False))
+        except LossdError as exc:
+            raise _shm.Refused(exc.status, exc.message) from None
+        seg.registered = True
 
     def _unregister(self, seg: _shm.Segment) -> None:
         try:
@@ -348,15 +348,24 @@ class Client(_Base):
         self.last_transport = "shm"
         try:
             layout.write(seg)
-            if self._grpc_call is not None:  # the header over gRPC: a smaller per-call cost
-                body = self._shm_grpc_request(call, layout, seg)
-                content = self._retrying(lambda: self._grpc_send(body))
-                return call.parse(self._grpc.decode_response(content, layout.reader(seg)))
-            body = layout.http_header(seg, call.parameters)
-            headers = {"Content-Type": "application/json"}
-            return call.parse(self._retrying(lambda: self._post(call.path, body, headers, layout.reader(seg))))
+            try:
+                return call.parse(self._shm_send(call, layout, seg))
+            except LossdError as exc:
+                if not _shm.forgotten(exc, seg):
+                    raise
+            # the server forgot the region (it restarted, or it was unregistered): once more
+            self._register(seg)
+            return call.parse(self._shm_send(call, layout, seg))
         finally:
             self._shm.give(seg)
+
+    def _shm_send(self, call: Call, layout: _shm.Layout, seg: _shm.Segment) -> Outputs:
+        if self._grpc_call is not None:  # the header over gRPC: a smaller per-call cost
+            body = self._shm_grpc_request(call, layout, seg)
+            return self._grpc.decode_response(self._retrying(lambda: self._grpc_send(body)), layout.reader(seg))
+        body = layout.http_header(seg, call.parameters)
+        headers = {"Content-Type": "application/json"}
+        return self._retrying(lambda: self._post(call.path, body, headers, layout.reader(seg)))
 
 
 class AsyncClient(_Base):
@@ -516,7 +525,7 @@ class AsyncClient(_Base):
         try:
             return await self._grpc_call(body, timeout=self._grpc_timeout, metadata=md)
         except self._grpc.grpc.RpcError as exc:
-            raise self._grpc_attempt_error(exc) from None
+            raise self._grpc.refusal(exc) from None
 
     async def _segment(self, size: int) -> _shm.Segment:
         seg = self._shm.take()
@@ -526,17 +535,20 @@ class AsyncClient(_Base):
             seg = None
         if seg is None:
             seg = self._shm.new(size)
-            path, body = self._registration(seg)
             try:
-                await self._retrying(lambda: self._post(path, _json(body), {"Content-Type": "application/json"}, False))
-            except LossdError as exc:
-                self._shm.drop(seg)
-                raise _shm.Refused(exc.status, exc.message) from None
+                await self._register(seg)
             except BaseException:
                 self._shm.drop(seg)
                 raise
-            seg.registered = True
         return seg
+
+    async def _register(self, seg: _shm.Segment) -> None:
+        path, body = self._registration(seg)
+        try:
+            await self._retrying(lambda: self._post(path, body, {"Content-Type": "application/json"}, False))
+        except LossdError as exc:
+            raise _shm.Refused(exc.status, exc.message) from None
+        seg.registered = True
 
     async def _unregister(self, seg: _shm.Segment) -> None:
         try:
@@ -550,16 +562,21 @@ class AsyncClient(_Base):
         self.last_transport = "shm"
         try:
             layout.write(seg)
-            if self._grpc_call is not None:
-                body = self._shm_grpc_request(call, layout, seg)
-                content = await self._retrying(lambda: self._grpc_send(body))
-                return call.parse(self._grpc.decode_response(content, layout.reader(seg)))
-            body = layout.http_header(seg, call.parameters)
-            headers = {"Content-Type": "application/json"}
-            return call.parse(await self._retrying(lambda: self._post(call.path, body, headers, layout.reader(seg))))
+            try:
+                return call.parse(await self._shm_send(call, layout, seg))
+            except LossdError as exc:
+                if not _shm.forgotten(exc, seg):
+                    raise
+            await self._register(seg)
+            return call.parse(await self._shm_send(call, layout, seg))
         finally:
             self._shm.give(seg)
 
-
-def _json(body: dict) -> bytes:
-    return json.dumps(body).encode()
+    async def _shm_send(self, call: Call, layout: _shm.Layout, seg: _shm.Segment) -> Outputs:
+        if self._grpc_call is not None:
+            body = self._shm_grpc_request(call, layout, seg)
+            content = await self._retrying(lambda: self._grpc_send(body))
+            return self._grpc.decode_response(content, layout.reader(seg))
+        body = layout.http_header(seg, call.parameters)
+        headers = {"Content-Type": "application/json"}
+        return await self._retrying(lambda: self._post(call.path, body, headers, layout.reader(seg)))

@@ -43,6 +43,12 @@ class Refused(LossdError):
     or it wants another key prefix."""
 
 
+def forgotten(exc: LossdError, seg: "Segment") -> bool:
+    """Whether ``exc`` is the server saying it does not know ``seg``'s region (it restarted,
+    or the region was unregistered behind the client's back): registering again mends it."""
+    return exc.status == 400 and f"shared memory region {seg.name!r} is not registered" in exc.message
+
+
 def available() -> bool:
     return os.path.isdir(SHM_ROOT)
 
