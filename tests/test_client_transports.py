@@ -115,13 +115,15 @@ def test_async_client_on_every_transport(server) -> None:
     async def main() -> None:
         for t in TRANSPORTS:
             async with AsyncClient(server.url, TOKEN, transport=t) as c:
+                # concurrent first calls: one discovery, then a segment each
+                got = await asyncio.gather(*(c.loss(big[0] * k, big[1], **big[2]) for k in (1.0, 2.0, 3.0, 4.0)))
+                for k, r in zip((1.0, 2.0, 3.0, 4.0), got):
+                    same_result(r, kernels.loss(big[0] * k, big[1], **big[2]))
                 for _, pred, lab, opts in cases:
                     same_result(await c.grad(pred, lab, **opts), kernels.grad(pred, lab, **opts))
                 X, y, coef, opts = LOGREG_CASES[2][1:]
                 same_result(await c.logreg_grad(X, y, coef, **opts), kernels.logreg_grad(X, y, coef, **opts))
-                got = await asyncio.gather(*(c.loss(big[0] * k, big[1], **big[2]) for k in (1.0, 2.0, 3.0, 4.0)))
-                for k, r in zip((1.0, 2.0, 3.0, 4.0), got):
-                    same_result(r, kernels.loss(big[0] * k, big[1], **big[2]))
+                await c.loss(big[0], big[1], **big[2])
                 assert c.last_transport == ("shm" if t in ("auto", "shm-http") else t)
                 with pytest.raises(LossdError) as info:
                     await c.loss(np.array([0.5, 1.0]), np.array([1, 2]), loss="hinge")

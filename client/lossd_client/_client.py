@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -166,6 +167,7 @@ class Client(_Base):
                  grpc_port: int | None = None) -> None:
         super().__init__(url, token, timeout, retries, backoff, binary, transport, grpc_port)
         self._http = httpx.Client(**self._http_options)
+        self._discovery = threading.Lock()
 
     def __enter__(self) -> "Client":
         return self
@@ -288,7 +290,8 @@ class Client(_Base):
 
     def _infer(self, call: Call) -> Any:
         if self.available_transports is None:
-            self._retrying(self._discover)
+            with self._discovery:  # threads' first calls at once: one look, one channel
+                self._retrying(self._discover)
         how = self._pick(call)
         if how == "shm":
             try:
@@ -378,6 +381,7 @@ class AsyncClient(_Base):
                  grpc_port: int | None = None) -> None:
         super().__init__(url, token, timeout, retries, backoff, binary, transport, grpc_port)
         self._http = httpx.AsyncClient(**self._http_options)
+        self._discovery = asyncio.Lock()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -503,7 +507,8 @@ class AsyncClient(_Base):
 
     async def _infer(self, call: Call) -> Any:
         if self.available_transports is None:
-            await self._retrying(self._discover)
+            async with self._discovery:  # concurrent first calls: one look, one channel
+                await self._retrying(self._discover)
         how = self._pick(call)
         if how == "shm":
             try:
