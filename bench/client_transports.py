@@ -1,7 +1,8 @@
 """Latency of one call through ``lossd_client.Client`` over each transport, by n: the
 measurement behind ``transport="auto"`` (``client/lossd_client/_transport.py``).
 
-    python bench/client_transports.py [--quick] [--out bench/out] [--workers 1] [--threads 2] [--sizes 3e5,2e6]
+    python bench/client_transports.py [--quick] [--out bench/out] [--workers 1] [--threads 2]
+                                      [--sizes 3e5,2e6] [--repeat R] [--budget S]
 
 Starts ``lossd serve --workers W --threads T --grpc-port P`` with ``LOSSD_SHM=true`` on
 free ports, then, for n = 10, 10^3, 10^5, 10^6 (and 10^7 unless ``--quick``), times
@@ -78,11 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", type=lambda v: [int(float(x)) for x in v.split(",")], default=None,
                     help="comma-separated n values instead of the default ones (e.g. 3e5,2e6)")
+    ap.add_argument("--repeat", type=int, default=None, help="calls per cell (quick: 5, full: 200)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds per cell at most (quick: 0.5, full: 5)")
     args = ap.parse_args(argv)
     from service_helpers import free_port, lossd_serve
 
     sizes = args.sizes or [10, 1_000, 100_000, 1_000_000] + ([] if args.quick else [10_000_000])
     repeat, budget, warmup = (5, 0.5, 1) if args.quick else (200, 5.0, 3)
+    repeat, budget = args.repeat or repeat, args.budget or budget
     kernels.set_threads(args.threads)
     grpc_port = free_port()
     server = lossd_serve("--workers", str(args.workers), "--threads", str(args.threads), "--grpc-port",

@@ -5,18 +5,19 @@ request's tensors and what the server offers, from measurements
 The rule: shared memory from ``SHM_MIN_BYTES`` of input tensors when the server offers it
 (a server on this host with ``LOSSD_SHM``); else gRPC below ``GRPC_MAX_BYTES`` when it is
 offered (``lossd-client[grpc]`` installed, ``LOSSD_GRPC_PORT`` on and reachable); else
-HTTP with binary tensors. Measured through the client on 2 loaded cores, p50 ms, FP64
-predictions and labels (``loss`` reduction="mean" / ``grad`` reduction="none"):
+HTTP with binary tensors. Measured through the client, median ms of ``loss``
+reduction="mean" / ``grad`` reduction="none" with FP64 predictions and labels (2 shared,
+busy cores; ``python bench/client_transports.py --quick --repeat 40 --budget 2``):
 
     n       http          grpc          shm
-    10      1.57 / 1.35   0.87 / 0.93   1.60 / 2.69
-    1e3     1.90 / 2.51   1.30 / 1.64   3.22 / 3.25
-    1e5     7.83 / 13.5   4.28 / 4.57   4.36 / 2.71
-    1e6     26.1 / 77.1   37.4 / 74.8   10.7 / 16.3
+    10      1.32 / 1.28   0.85 / 0.88   1.20 / 1.43
+    1e3     1.00 / 1.13   0.80 / 0.83   1.04 / 1.32
+    1e5     4.03 / 13.7   3.83 / 4.68   5.04 / 3.76
+    1e6     33.9 / 101    22.0 / 117    13.5 / 19.5
 
-gRPC's smaller per-call cost wins up to about a megabyte; beyond a few megabytes its
-extra copies (the message in grpc's buffers, both ways) cost more than HTTP's, and shared
-memory, where only a header travels, wins from about 10^5 elements.
+gRPC's per-call cost is the smallest up to about a megabyte; beyond a few megabytes its
+copies (the message into and out of grpc's buffers) cost as much as HTTP's or more, and
+shared memory, where only a header travels, wins from about 10^5 elements.
 """
 
 from __future__ import annotations
