@@ -295,6 +295,27 @@ except ImportError as exc:
     assert lines[1].startswith("ImportError") and "lossd-client[grpc]" in lines[1]
 
 
+def test_no_service_imports_and_no_leftovers_without_close(server) -> None:
+    """A fresh interpreter using every transport imports neither the service nor numba nor
+    FastAPI, and a client it never closes leaves no shared memory object behind."""
+    code = f"""
+import sys
+import numpy as np
+from lossd_client import Client
+c = Client({server.url!r}, {TOKEN!r}, transport="shm")
+c.loss(np.zeros(200_000), np.zeros(200_000), reduction="none")
+g = Client({server.url!r}, {TOKEN!r}, transport="grpc")
+g.loss(np.zeros(3), np.zeros(3))
+print(sorted(m for m in ("fastapi", "numba", "service", "lossd", "kernels") if m in sys.modules))
+print(*(s.name for s in c._shm._all))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 0, r.stderr
+    imported, names = r.stdout.splitlines()
+    assert imported == "[]" and names.startswith("lossd-client-")
+    assert not set(names.split()) & _segments()
+
+
 def test_shm_needs_a_loopback_url() -> None:
     with pytest.raises(ValueError, match="loopback"):
         Client("http://192.0.2.1:8000", transport="shm")

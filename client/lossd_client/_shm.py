@@ -19,6 +19,7 @@ import mmap
 import os
 import secrets
 import threading
+import weakref
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -76,6 +77,8 @@ class Segment:
         finally:
             os.close(fd)
         self.registered = False
+        # a client never closed still leaves nothing in /dev/shm: at collection or exit
+        self._release = weakref.finalize(self, _release, self.map, self.path)
 
     def write(self, offset: int, arr: np.ndarray) -> None:
         if arr.nbytes:
@@ -93,14 +96,18 @@ class Segment:
     def close(self) -> None:
         """Unmap and unlink (the server opens the key per request: once unregistered, it
         holds nothing)."""
-        try:
-            self.map.close()
-        except BufferError:  # a view still alive somewhere: the mapping goes with it
-            pass
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._release()
+
+
+def _release(mapping: mmap.mmap, path: str) -> None:
+    try:
+        mapping.close()
+    except BufferError:  # a view still alive somewhere: the mapping goes with it
+        pass
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class Pool:
