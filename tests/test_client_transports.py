@@ -236,6 +236,8 @@ def test_auto_follows_the_rule(clients) -> None:
 def test_auto_falls_back_when_the_server_lacks_a_transport(grpc_on: bool, shm_on: bool) -> None:
     args = ("--grpc-port", str(free_port())) if grpc_on else ()
     with lossd_serve(*args, env={"LOSSD_SHM": str(shm_on).lower(), "LOSSD_ACCESS_LOG": "false"}) as s:
+        meta = httpx.get(s.url + "/v2").json()
+        assert ("grpc_port" in meta, "shm_prefix" in meta) == (grpc_on, shm_on), meta  # absent when off
         want = ("http", *(["grpc"] if grpc_on else []), *(["shm"] if shm_on else []))
         with Client(s.url) as c:
             for n in (10, SHM_MIN_BYTES // 8):
