@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "client_transports.md").write_text(report + "\n")
         (args.out / "client_transports.json").write_text(json.dumps(
-            {"quick": args.quick, "workers": args.workers, "threads": args.threads, "shm_min_bytes": SHM_MIN_BYTES, "grpc_max_bytes": GRPC_MAX_BYTES,
+            {"quick": args.quick, "pid": os.getpid(), "workers": args.workers, "threads": args.threads, "shm_min_bytes": SHM_MIN_BYTES, "grpc_max_bytes": GRPC_MAX_BYTES,
              "load_average_start": load0, "load_average_end": load1, "rows": rows, "errors": bad}, indent=1))
     return 1 if bad else 0
 

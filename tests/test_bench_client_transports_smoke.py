@@ -32,4 +32,4 @@ def test_client_transports_quick_runs_and_reports(tmp_path: Path) -> None:
         assert all(c["exact"] and c["calls"] >= 3 and 0 < c["p50_ms"] <= c["p90_ms"] for c in r["cells"].values())
         assert r["auto"] == r["rule"] == ("grpc" if r["n"] == 10 else "shm")
     # the benchmark's clients closed: none of its shared memory objects is left
-    assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"lossd-client-{proc.pid}-")]
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"lossd-client-{data['pid']}-")]
