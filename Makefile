@@ -27,8 +27,9 @@ $(STAMP_RUN): pyproject.toml $(SERVICE_LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP_RUN)
 
-# The test, bench and load extras and the client's dependencies (the load tests use the
-# client's OIP framing): one lock, a superset of the service's with the same versions.
+# The test, bench and load extras and the client's dependencies with its grpc extra (the load
+# tests use the client's OIP framing, the client's tests every transport): one lock, a
+# superset of the service's with the same versions.
 $(STAMP_DEV): pyproject.toml client/pyproject.toml $(DEV_LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install -q --require-hashes -r $(DEV_LOCK)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . -e ./client
@@ -121,7 +122,7 @@ $(TOOLS)/.installed: $(TOOLS_LOCK)
 	touch $@
 
 lock: $(TOOLS)/.installed
-	$(COMPILE) $(LOCK_UPGRADE) --all-build-deps --extra test --extra bench --extra load \
+	$(COMPILE) $(LOCK_UPGRADE) --all-build-deps --extra test --extra bench --extra load --extra grpc \
 	  -o $(DEV_LOCK) pyproject.toml client/pyproject.toml
 	cp $(DEV_LOCK) $(SERVICE_LOCK)
 	$(COMPILE) --all-build-deps -o $(SERVICE_LOCK) pyproject.toml
@@ -130,19 +131,24 @@ lock: $(TOOLS)/.installed
 lock-upgrade:
 	$(MAKE) lock LOCK_UPGRADE=--upgrade
 
-# service/grpc_gen/: messages and stubs of KServe's grpc_predict_v2.proto (OIP over gRPC), by
-# the tools venv's grpcio-tools; committed, so neither building nor running needs protoc.
-# The import is made relative (protoc writes `import grpc_predict_v2_pb2`), and the messages
-# go in a descriptor pool of their own: tritonclient.grpc (or KServe) in the same process
-# registers the same inference.* names in the default pool, and the second one would fail.
+# service/grpc_gen/ and client/lossd_client/grpc_gen/: messages and stubs of KServe's
+# grpc_predict_v2.proto (OIP over gRPC; the one .proto is service/grpc_gen's), by the tools
+# venv's grpcio-tools; committed, so neither building nor running needs protoc. The client
+# gets a copy of its own because it must not import the service (tests/test_client_transports
+# .py checks that both copies hold the same descriptor). The import is made relative (protoc
+# writes `import grpc_predict_v2_pb2`), and the messages go in a descriptor pool of their own:
+# tritonclient.grpc (or KServe), the service's copy and the client's in one process each
+# register the same inference.* names, and a second one in the default pool would fail.
+GRPC_GEN_DIRS := service/grpc_gen client/lossd_client/grpc_gen
 grpc-gen: $(TOOLS)/.installed
-	cd service/grpc_gen && ../../$(TOOLS)/bin/python -m grpc_tools.protoc -I. --python_out=. \
-	  --pyi_out=. --grpc_python_out=. grpc_predict_v2.proto
-	sed -i 's/^import grpc_predict_v2_pb2 as/from . import grpc_predict_v2_pb2 as/' \
-	  service/grpc_gen/grpc_predict_v2_pb2_grpc.py
-	sed -i 's/_descriptor_pool\.Default()/_descriptor_pool.DescriptorPool()/' \
-	  service/grpc_gen/grpc_predict_v2_pb2.py
-	grep -q '_descriptor_pool.DescriptorPool()' service/grpc_gen/grpc_predict_v2_pb2.py
+	for d in $(GRPC_GEN_DIRS); do \
+	  $(TOOLS)/bin/python -m grpc_tools.protoc -Iservice/grpc_gen --python_out=$$d --pyi_out=$$d \
+	    --grpc_python_out=$$d service/grpc_gen/grpc_predict_v2.proto && \
+	  sed -i 's/^import grpc_predict_v2_pb2 as/from . import grpc_predict_v2_pb2 as/' \
+	    $$d/grpc_predict_v2_pb2_grpc.py && \
+	  sed -i 's/_descriptor_pool\.Default()/_descriptor_pool.DescriptorPool()/' $$d/grpc_predict_v2_pb2.py && \
+	  grep -q '_descriptor_pool.DescriptorPool()' $$d/grpc_predict_v2_pb2.py || exit 1; \
+	done
 
 # Known vulnerabilities of every locked version (pip-audit). Needs a vulnerability database:
 # PyPI's JSON API (the default) or OSV (AUDIT_FLAGS="--vulnerability-service osv"), which

@@ -103,10 +103,15 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
     FastAPI would document (and answer) a 422 that OIP clients never get."""
     tags = ["open inference protocol v2"]
 
-    @app.get("/v2", tags=tags, summary="Server metadata", response_model=ServerMetadata)
-    async def server_metadata() -> dict[str, Any]:
+    @app.get("/v2", tags=tags, summary="Server metadata", response_model=ServerMetadata,
+             response_model_exclude_none=True)
+    async def server_metadata(request: Request) -> dict[str, Any]:
+        # lossd's own fields, for clients to find the faster transports (lossd_client's
+        # transport="auto"): the gRPC port (set by the lifespan) and the shm key prefix
         return {"name": "lossd", "version": __version__,
-                "extensions": ["binary_tensor_data", *(["system_shared_memory"] if limits.shm else [])]}
+                "extensions": ["binary_tensor_data", *(["system_shared_memory"] if limits.shm else [])],
+                "grpc_port": getattr(request.app.state, "grpc_port", None),
+                "shm_prefix": limits.shm.prefix if limits.shm else None}
 
     # empty bodies: documented without content (FastAPI would list an application/json one)
     @app.get("/v2/health/live", tags=tags, summary="200 while the process runs", response_class=Response,

@@ -112,6 +112,10 @@ class ServerMetadata(BaseModel):
     name: str
     version: str
     extensions: list[str]
+    # lossd's additions (absent when off): where OIP over gRPC listens (same host), and the
+    # prefix shared memory keys must have (system_shared_memory)
+    grpc_port: int | None = Field(None, description="Port of OIP over gRPC on the same host (LOSSD_GRPC_PORT).")
+    shm_prefix: str | None = Field(None, description="Prefix of system shared memory keys (LOSSD_SHM_PREFIX).")
 
 
 class OipErrorBody(BaseModel):

@@ -1,8 +1,10 @@
 """Python client of the lossd service: ``kernels``' functions over HTTP.
 
 ``Client`` (blocking) and ``AsyncClient`` (asyncio) talk the Open Inference Protocol v2
-with binary tensors, and return the same result types as ``kernels``. Only httpx and
-NumPy are needed: neither the service (FastAPI) nor the kernels (numba) are imported.
+over HTTP with binary tensors, over gRPC (the ``grpc`` extra) or with system shared memory
+(a server on this host), picking the fastest the server offers (``transport="auto"``), and
+return the same result types as ``kernels``. Only httpx and NumPy are needed: neither the
+service (FastAPI) nor the kernels (numba) are imported.
 
     >>> with Client("http://127.0.0.1:8000") as c:          # doctest: +SKIP
     ...     r = c.loss(np.array([2.0, -1.0]), np.array([1, 0]), reduction="none")

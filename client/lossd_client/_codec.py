@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -113,18 +113,24 @@ def encode_request(inputs: Outputs, parameters: Mapping[str, Any], binary: bool)
 
 # ---------------------------------------------------------------------------- responses
 
-def decode_response(status: int, headers: Mapping[str, str], content: bytes) -> Outputs:
+# Reads an output the server wrote to shared memory: (name, its parameters, dtype, shape).
+ShmReader = Callable[[str, Mapping[str, Any], np.dtype, tuple[int, ...]], np.ndarray]
+
+
+def decode_response(status: int, headers: Mapping[str, str], content: bytes,
+                    shm: ShmReader | None = None) -> Outputs:
     """The (name, array) outputs of a 200 answer, in the server's order; any other
-    status raises :class:`LossdError` with the server's message."""
+    status raises :class:`LossdError` with the server's message. Outputs in system
+    shared memory are read by ``shm``."""
     if status != 200:
         raise LossdError(status, error_message(content, status))
     try:
-        return _outputs(headers.get(HEADER_LENGTH), content)
+        return _outputs(headers.get(HEADER_LENGTH), content, shm)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise LossdError(status, f"malformed inference response: {exc}") from None
 
 
-def _outputs(header_length: str | None, content: bytes) -> Outputs:
+def _outputs(header_length: str | None, content: bytes, shm: ShmReader | None = None) -> Outputs:
     if header_length is None:
         head, blob = content, memoryview(b"")
     else:
@@ -137,8 +143,11 @@ def _outputs(header_length: str | None, content: bytes) -> Outputs:
     for o in json.loads(head)["outputs"]:
         dtype = _NUMPY[o["datatype"]]
         shape = tuple(int(d) for d in o["shape"])
-        size = (o.get("parameters") or {}).get("binary_data_size")
-        if size is None:
+        params = o.get("parameters") or {}
+        size = params.get("binary_data_size")
+        if shm is not None and "shared_memory_region" in params:
+            arr = shm(o["name"], params, dtype, shape)
+        elif size is None:
             arr = _json_tensor(o["data"], dtype).reshape(shape)
         else:
             if size != math.prod(shape) * dtype.itemsize or offset + size > len(blob):

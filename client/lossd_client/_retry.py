@@ -18,6 +18,17 @@ MAX_BACKOFF = 10.0
 RETRYABLE_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
 
 
+class Retry(Exception):
+    """An attempt that failed in a way worth repeating (a 503, gRPC's UNAVAILABLE, a broken
+    connection): every transport raises it, and the client's one retry loop raises
+    ``error`` once the retries are spent."""
+
+    def __init__(self, error: BaseException, retry_after: str | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """A Retry-After header in seconds (delta-seconds or an HTTP date), None if absent or
     unreadable."""
