@@ -33,6 +33,14 @@ def _factorize(by, n_rows: int) -> tuple[list, np.ndarray]:
                 raise InputError("by", f"= {v!r:.40} is not an integer or string key", (i,))
     elif kind not in "iuUS":
         raise InputError("by", f"must hold integer or string keys, got dtype {keys.dtype}")
+    if kind in "iu" and keys.size:
+        lo, hi = int(keys.min()), int(keys.max())
+        if hi - lo <= 4 * keys.size + 1024:  # a dense range: counted in O(n), no sort
+            shifted = (keys - keys.min()).astype(np.int64)
+            present = np.flatnonzero(np.bincount(shifted, minlength=hi - lo + 1))
+            remap = np.zeros(hi - lo + 1, dtype=np.int64)
+            remap[present] = np.arange(present.size)
+            return [lo + int(x) for x in present.tolist()], remap[shifted]
     try:
         uniq, inv = np.unique(keys, return_inverse=True)
     except TypeError:
@@ -57,9 +65,8 @@ def summary_of(losses: np.ndarray, w: np.ndarray, k: int, by=None, sketch: bool 
     elif by is None:
         slices = [losses]
     else:  # each group's losses as one slice: one sketch update per group
-        order = np.argsort(groups, kind="stable")
-        ordered = losses[order] if k == 1 else losses.reshape(rows, k)[order].reshape(-1)
-        bounds = np.concatenate(([0], np.cumsum(cnt[:, NB.C_COUNT])))
+        bounds = np.concatenate(([0], np.cumsum(cnt[:, NB.C_COUNT]))).astype(np.int64)
+        ordered = NB.grouped(losses, k, groups, bounds)
         slices = [ordered[bounds[g]:bounds[g + 1]] for g in range(len(keys))]
     out = []
     for g, part in enumerate(slices):

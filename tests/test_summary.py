@@ -256,7 +256,8 @@ def test_quantiles_within_the_sketch_rank_error():
     lambda rng, n: rng.integers(-3, 4, n),
     lambda rng, n: np.array(["a", "bb", "ccc", "é"])[rng.integers(0, 4, n)],
     lambda rng, n: np.array([["x", 5, "y"][i % 2 * 2] for i in rng.integers(0, 5, n)], dtype=object),
-    lambda rng, n: rng.integers(0, 3, n).astype(np.uint8)])
+    lambda rng, n: rng.integers(0, 3, n).astype(np.uint8),
+    lambda rng, n: rng.integers(-2, 3, n) * 10**15])  # a sparse range: factorised by sorting
 @pytest.mark.parametrize("k", [1, 2])
 def test_group_by_equals_each_groups_own_summary(keys, k):
     rng = np.random.default_rng(5)
