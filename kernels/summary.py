@@ -109,7 +109,7 @@ def summarize(predictions, labels, *, input: str = "logits", loss: str = "cross_
       >>> b = summarize(np.array([-1.0]), np.array([1.0]))
       >>> s = a.merge(b)
       >>> s.count, round(s.loss, 6)
-      (3, 1.205969)
+      (3, 1.377779)
     """
     if dtype != "float64":
         predictions, labels, sample_weight = _as_float32(dtype, predictions, labels, sample_weight)

@@ -409,3 +409,10 @@ def test_bench_quick(tmp_path):
     rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
     assert [row["n"] for row in rows] == [10**4, 10**5]
     assert all(row["summarize"]["melem_s"] > 0 for row in rows)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import lossd.kernels.summary as module
+    assert doctest.testmod(module).failed == 0
