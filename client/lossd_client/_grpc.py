@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ._codec import _DATATYPES, _NUMPY, Outputs, ShmReader
+from ._codec import _DATATYPES, _NUMPY, Outputs, ShmReader, _bytes_elements
 from ._errors import LossdError
 from ._retry import Retry
 from .grpc_gen import grpc_predict_v2_pb2 as pb
@@ -157,9 +157,14 @@ def decode_response(content: bytes, shm: ShmReader | None = None) -> Outputs:
         msg = pb.ModelInferResponse.FromString(head)
         out: Outputs = []
         for i, o in enumerate(msg.outputs):
-            dtype = _NUMPY[o.datatype]
             shape = tuple(int(d) for d in o.shape)
             count = int(np.prod(shape, dtype=np.int64))
+            if o.datatype == "BYTES":  # the summary output: Triton's length-prefixed elements
+                if i >= len(raw):
+                    raise ValueError(f"output {o.name!r}: no raw_output_contents")
+                out.append((o.name, _bytes_elements(bytes(raw[i]), count).reshape(shape)))
+                continue
+            dtype = _NUMPY[o.datatype]
             if shm is not None and "shared_memory_region" in o.parameters:
                 params = {k: _param(v) for k, v in o.parameters.items()}
                 out.append((o.name, shm(o.name, params, dtype, shape)))
