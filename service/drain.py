@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +42,24 @@ log = logging.getLogger("lossd")
 
 CLOSE_WINDOW = 0.3  # s: a busy client's current request ends well within this
 DRAINING = threading.Event()
+# called on the event loop when the drain begins (the gRPC server stops taking calls)
+_ON_DRAIN: list[Callable[[], None]] = []
+
+
+def on_drain(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` (on the event loop) when this process starts draining; returns
+    what removes it again."""
+    _ON_DRAIN.append(callback)
+    return lambda: _ON_DRAIN.remove(callback) if callback in _ON_DRAIN else None
+
+
+def start_draining() -> None:
+    DRAINING.set()
+    for callback in list(_ON_DRAIN):
+        try:
+            callback()
+        except Exception:  # one hook failing must not stop the drain of the rest
+            log.exception("a drain hook failed")
 
 
 class CloseWhenDraining:
@@ -109,7 +128,7 @@ def take_queued(listener: socket.socket) -> list[socket.socket]:
 
 class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        DRAINING.set()
+        start_draining()
         log.info("draining: every answer now closes its connection")
         await asyncio.sleep(CLOSE_WINDOW)
         listeners = listening_sockets()
