@@ -19,6 +19,8 @@ exits). ``DrainingServer`` instead, when told to stop:
    then closed) or is closed, by its client or by the keep-alive timeout (uvicorn's
    ``timeout_keep_alive``, 5 s, bounds the wait; a second signal ends it),
 then lets uvicorn finish in-flight requests within ``LOSSD_GRACEFUL_TIMEOUT`` and exit.
+Step 1 also calls the ``on_drain`` hooks: the gRPC server (grpc_server.py) stops taking
+connections and calls there, while its calls in progress finish.
 (uvicorn would close idle connections at once: one whose client had just sent a request,
 or had just connected and not yet sent it, would lose that request.)
 
