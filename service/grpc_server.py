@@ -22,7 +22,8 @@ handler so that it starts when the call does and times the read: DEADLINE_EXCEED
 their next call). Messages over ``LOSSD_MAX_BODY_BYTES`` get RESOURCE_EXHAUSTED with the
 HTTP 413's words; grpc's own check (its message) is kept at twice the limit, to bound
 what it buffers. When the HTTP drain begins (``drain.on_drain``) the gRPC server stops:
-no new connections or calls, those in progress have ``LOSSD_GRACEFUL_TIMEOUT`` to end.
+no new connections or calls (UNAVAILABLE, from lossd until grpc's stop has closed the
+port and sent GOAWAY), those in progress have ``LOSSD_GRACEFUL_TIMEOUT`` to end.
 
 With ``LOSSD_API_TOKEN`` every call but ServerLive/ServerReady (the HTTP health paths are
 open too) needs the metadata ``authorization: Bearer <token>``. Calls are counted in the
@@ -182,6 +183,8 @@ class GrpcInference:
             code, status = grpc.StatusCode.OK, 200
             try:
                 try:
+                    if DRAINING.is_set() and name not in OPEN_METHODS:  # until grpc's own stop refuses them
+                        raise ApiError(503, "the server is shutting down; retry on another instance")
                     if self.calls > s.max_connections:
                         raise ApiError(503, f"the server has {s.max_connections} calls in progress "
                                        "(LOSSD_MAX_CONNECTIONS); retry shortly")
