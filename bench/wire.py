@@ -40,8 +40,10 @@ Writes ``<out>/wire.md`` (also printed) and ``<out>/wire.json``; server logs go 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import http.client
+import json
 import os
 import sys
 import time
@@ -78,6 +80,7 @@ LEGEND = {
 INFER_PATH = "/v2/models/loss/infer"
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 REL_TOL = 1e-12
+GRPC_MAX = 2**31 - 1  # bytes: grpc's largest message length setting
 SHM_KEY, SHM_REGION = "/lossd_bench_wire", "wire_inputs"  # the key under LOSSD_SHM_PREFIX (/lossd)
 
 
@@ -289,6 +292,10 @@ def run(cfg: Config, out: Path, venv: Path | None, json_max_n: int, mlserver_max
     if venv is not None:
         r.mlserver = {"venv": str(venv), **mlserver_venv_info(venv)}
         ml, settings = mlserver_server(out, venv)
+        # grpc's 4 MB default would refuse MLServer's typed 10^6 message (16 MB): raised, as
+        # lossd's body limit is, in the run's copy of its settings only
+        settings["grpc_max_message_length"] = GRPC_MAX
+        (out.resolve() / "mlserver" / "loss" / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         r.mlserver["settings"] = settings
         ml_grpc_port = settings["grpc_port"]
         servers.append(ml)
@@ -430,6 +437,8 @@ def to_json(r: Run, env, load0, load1, quick: bool) -> dict:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="n = 10^3 and 10^5, a few requests (smoke test)")
+    ap.add_argument("--sizes", type=str, default=None,
+                    help="comma-separated n instead of the mode's (e.g. 1e6,1e7: one decade alone)")
     ap.add_argument("--json-max-n", type=float, default=1e7, help="largest n for JSON /loss and OIP JSON")
     ap.add_argument("--mlserver-max-n", type=float, default=1e6,
                     help="largest n for MLServer (default 1e6: at 1e7 its pydantic model of the JSON "
@@ -444,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
     cfg = QUICK if args.quick else FULL
+    if args.sizes:
+        cfg = dataclasses.replace(cfg, sizes=tuple(int(float(x)) for x in args.sizes.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
     venv = args.mlserver_venv if (args.mlserver_venv / "bin" / "mlserver").exists() else None
     load0 = load_at_start()
