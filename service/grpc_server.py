@@ -42,6 +42,7 @@ import time
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from . import __version__, pipeline
 from .codecs import oip_grpc
@@ -191,7 +192,7 @@ class GrpcInference:
                     if auth:
                         self._check_token(context)
                     body = await self._message(context)
-                    return await fn(body if deserialize is None else deserialize(body), context)
+                    return await fn(body if deserialize is None else _parse(deserialize, body, name), context)
                 except _Abort as exc:
                     code, status, message = exc.code, exc.status, exc.message
                 except ApiError as exc:
@@ -313,6 +314,15 @@ class GrpcInference:
         elif self.server is not None:
             await self.server.stop(grace)
         self.server = None
+
+
+def _parse(deserialize, body: bytes, name: str) -> Any:
+    """A method's request message; a malformed one is the client's mistake (INVALID_ARGUMENT)."""
+    try:
+        return deserialize(body)
+    except DecodeError as exc:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {name}Request: {exc}",
+                     400) from None
 
 
 def _ms(seconds: float) -> int:

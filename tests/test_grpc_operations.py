@@ -179,6 +179,19 @@ def test_connections_beyond_the_cap_are_closed(server):
             c.close()
 
 
+def test_a_malformed_request_message_is_invalid_argument(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as exc:
+            channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata")(b"\xff\xff\xff", timeout=TIMEOUT)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value
+        assert exc.value.details().startswith("the request is not a valid ModelMetadataRequest: "), exc.value
+        with pytest.raises(grpc.RpcError) as exc:  # ModelInfer: the codec's own words
+            _unary(channel, b"\xff\xff\xff")
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value
+        assert "not a valid ModelInferRequest" in exc.value.details(), exc.value
+    assert server.alive() and "unhandled error" not in server.stderr()
+
+
 # ----------------------------------------------------------------- timeouts
 
 def test_a_message_that_does_not_arrive_gets_deadline_exceeded(server):
