@@ -14,7 +14,7 @@ TOOLS ?= .venv-tools
 
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install install-dev run test grpc-gen bench bench-kernels bench-service bench-mlserver bench-targets bench-scaling bench-image image run-image loadtest lock lock-upgrade audit clean
+.PHONY: install install-dev run test grpc-gen bench bench-kernels bench-service bench-mlserver bench-wire bench-targets bench-scaling bench-image image run-image loadtest lock lock-upgrade audit clean
 
 # The venv keeps the pip that comes with Python: nothing is fetched that no lock names.
 $(BIN)/python:
@@ -51,6 +51,7 @@ bench: $(STAMP_DEV)
 	$(BIN)/python bench/kernels.py
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/oip.py
+	$(BIN)/python bench/wire.py
 	if [ -f bench/scaling.py ]; then $(BIN)/python bench/scaling.py; fi
 	$(BIN)/python -m loadtests sweep --out bench/out/capacity
 	@# a missed goal is a result for the report, not a reason to stop (failed requests are too)
@@ -69,6 +70,11 @@ bench-service: $(STAMP_DEV)
 bench-mlserver: $(STAMP_DEV)
 	bash bench/mlserver_setup.sh
 	$(BIN)/python bench/mlserver.py
+
+# The wire table: every transport against the in-process kernel, with MLServer beside it
+# when bench/.venv-mlserver exists (`make bench-mlserver` makes it).
+bench-wire: $(STAMP_DEV)
+	$(BIN)/python bench/wire.py
 
 # Deployment figures (README, Deploy): portable CPU levels against host-tuned kernels,
 # 1 vs 2 workers under wrk (installed from Debian's packages when missing), image start.

@@ -38,6 +38,7 @@ SECTIONS = [
     ("Open Inference Protocol: binary and JSON tensors", "python bench/oip.py", "oip.md"),
     ("MLServer beside lossd: OIP JSON", "bash bench/mlserver_setup.sh && python bench/mlserver.py",
      "mlserver.md"),
+    ("The wire table: every transport against the in-process kernel", "python bench/wire.py", "wire.md"),
     ("Scaling: 1 against 2 workers", "python bench/scaling.py", "scaling.md"),
     ("Capacity: requests/s and p99 against users", "python -m loadtests sweep --out bench/out/capacity",
      "capacity/sweep.md"),

@@ -19,6 +19,8 @@ exits). ``DrainingServer`` instead, when told to stop:
    then closed) or is closed, by its client or by the keep-alive timeout (uvicorn's
    ``timeout_keep_alive``, 5 s, bounds the wait; a second signal ends it),
 then lets uvicorn finish in-flight requests within ``LOSSD_GRACEFUL_TIMEOUT`` and exit.
+Step 1 also calls the ``on_drain`` hooks: the gRPC server (grpc_server.py) stops taking
+connections and calls there, while its calls in progress finish.
 (uvicorn would close idle connections at once: one whose client had just sent a request,
 or had just connected and not yet sent it, would lose that request.)
 
@@ -32,6 +34,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +44,24 @@ log = logging.getLogger("lossd")
 
 CLOSE_WINDOW = 0.3  # s: a busy client's current request ends well within this
 DRAINING = threading.Event()
+# called on the event loop when the drain begins (the gRPC server stops taking calls)
+_ON_DRAIN: list[Callable[[], None]] = []
+
+
+def on_drain(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` (on the event loop) when this process starts draining; returns
+    what removes it again."""
+    _ON_DRAIN.append(callback)
+    return lambda: _ON_DRAIN.remove(callback) if callback in _ON_DRAIN else None
+
+
+def start_draining() -> None:
+    DRAINING.set()
+    for callback in list(_ON_DRAIN):
+        try:
+            callback()
+        except Exception:  # one hook failing must not stop the drain of the rest
+            log.exception("a drain hook failed")
 
 
 class CloseWhenDraining:
@@ -109,7 +130,7 @@ def take_queued(listener: socket.socket) -> list[socket.socket]:
 
 class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        DRAINING.set()
+        start_draining()
         log.info("draining: every answer now closes its connection")
         await asyncio.sleep(CLOSE_WINDOW)
         listeners = listening_sockets()

@@ -6,6 +6,7 @@ traffic is on 127.0.0.1; every wait is bounded."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -225,19 +226,48 @@ def test_unknown_model_not_found(client):
     assert e.message() == "unknown model 'nope'; this server has loss, grad"
 
 
-def test_over_body_limit_resource_exhausted(client):
-    n = 1200 * 1024 // 8  # 1200 KiB of predictions, LOSSD_MAX_BODY_BYTES = 1 MiB
+def test_over_body_limit_resource_exhausted(server, client):
+    """Over LOSSD_MAX_BODY_BYTES: the HTTP 413's words (the message size in them); over
+    twice the limit grpc refuses the message itself, in its own."""
+    n = 1200 * 1024 // 16  # 1200 KiB of FP64 predictions and labels, LOSSD_MAX_BODY_BYTES = 1 MiB
     e = _grpc_error(_infer, client, "loss", {"predictions": logits(n), "labels": hard01(n)})
     assert e.status() == "StatusCode.RESOURCE_EXHAUSTED", e
+    m = re.fullmatch(r"the body has (\d+) bytes; the limit is 1048576", e.message())
+    assert m and 1200 * 1024 < int(m.group(1)) < 1300 * 1024, e.message()
+    http = httpx.post(f"{server.url}/v2/models/loss/infer", content=b"x" * (1024 * 1024 + 1), timeout=TIMEOUT)
+    assert http.status_code == 413 and http.json()["error"] == "the body has 1048577 bytes; the limit is 1048576"
+    n = 2100 * 1024 // 16
+    e = _grpc_error(_infer, client, "loss", {"predictions": logits(n), "labels": hard01(n)})
+    assert e.status() == "StatusCode.RESOURCE_EXHAUSTED" and "larger than max" in e.message(), e
     z, y = logits(3), hard01(3)  # and the server goes on
     _check(_infer(client, "loss", {"predictions": z, "labels": y}), expected_outputs(kernels.loss(z, y)))
 
 
 def test_metrics_count_grpc_calls(server, client):
+    """Counted as HTTP requests are: the method as the route, ``gRPC`` as the method, the
+    HTTP status of the same outcome (200, 400, 404, ...) as the status."""
+    route = "/inference.GRPCInferenceService/ModelInfer"
+    before = _grpc_counts(server, route)
     _infer(client, "loss", {"predictions": logits(3), "labels": hard01(3)})
+    _grpc_error(_infer, client, "nope", {"predictions": logits(3), "labels": hard01(3)})
+    bad = {"predictions": logits(3), "labels": np.array([0.0, 2.0, 1.0])}
+    _grpc_error(_infer, client, "loss", bad)
+    after = _grpc_counts(server, route)
+    assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == \
+        {"200": 1, "404": 1, "400": 1}, (before, after)
+
+
+def _grpc_counts(server, route: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = httpx.get(f"{server.url}/metrics", timeout=TIMEOUT).text
-    assert 'route="/inference.GRPCInferenceService/ModelInfer"' in text
-    assert 'status="OK"' in text
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "lossd_requests_total" and s.labels["route"] == route:
+                assert s.labels["method"] == "gRPC", s.labels
+                out[s.labels["status"]] = out.get(s.labels["status"], 0) + s.value
+    return out
 
 
 # ------------------------------------------------------------------- token, workers

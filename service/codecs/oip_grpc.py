@@ -15,7 +15,7 @@ which the gRPC server maps to status codes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -72,17 +72,15 @@ def _varint(buf: memoryview, i: int) -> tuple[int, int]:
             raise _error("the request is not a valid ModelInferRequest (bad varint)")
 
 
-def split_raw(body: bytes | memoryview) -> tuple[bytes, list[memoryview]]:
-    """(the message without its raw_input_contents, each raw_input_contents as a view of
-    ``body``). Only the top level is walked; nested messages are skipped by length."""
-    buf = memoryview(body).cast("B") if not isinstance(body, bytes) else memoryview(body)
-    rest: list[memoryview] = []
-    raw: list[memoryview] = []
+def _top_level(buf: memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """The message's top-level fields as (field number, start, payload start, end);
+    nested messages are skipped by length, nothing is copied."""
     i, n = 0, len(buf)
     while i < n:
         start = i
         key, i = _varint(buf, i)
         wire = key & 7
+        payload = i
         if wire == 0:
             _, i = _varint(buf, i)
         elif wire == 1:
@@ -90,20 +88,42 @@ def split_raw(body: bytes | memoryview) -> tuple[bytes, list[memoryview]]:
         elif wire == 5:
             i += 4
         elif wire == 2:
-            size, i = _varint(buf, i)
-            if key >> 3 == _RAW_INPUT_FIELD:
-                if i + size > n:
-                    raise _error("the request is not a valid ModelInferRequest (truncated)")
-                raw.append(buf[i:i + size])
-                i += size
-                continue
-            i += size
+            size, payload = _varint(buf, i)
+            i = payload + size
         else:
             raise _error(f"the request is not a valid ModelInferRequest (wire type {wire})")
         if i > n:
             raise _error("the request is not a valid ModelInferRequest (truncated)")
-        rest.append(buf[start:i])
+        yield key >> 3, start, payload, i
+
+
+def _view(body: bytes | memoryview) -> memoryview:
+    return memoryview(body).cast("B") if not isinstance(body, bytes) else memoryview(body)
+
+
+def split_raw(body: bytes | memoryview) -> tuple[bytes, list[memoryview]]:
+    """(the message without its raw_input_contents, each raw_input_contents as a view of
+    ``body``). Only the top level is walked; nested messages are skipped by length."""
+    buf = _view(body)
+    rest: list[memoryview] = []
+    raw: list[memoryview] = []
+    for field, start, payload, end in _top_level(buf):
+        if field == _RAW_INPUT_FIELD:
+            raw.append(buf[payload:end])
+        else:
+            rest.append(buf[start:end])
     return b"".join(rest), raw
+
+
+def has_raw_inputs(body: bytes | memoryview) -> bool:
+    """Whether the message carries its tensors as raw_input_contents (views, free to
+    decode) rather than typed ``contents`` (protobuf builds a Python list of every
+    number, under the GIL: the large lane's work). A malformed message says True: the
+    codec refuses it wherever it runs."""
+    try:
+        return any(field == _RAW_INPUT_FIELD for field, *_ in _top_level(_view(body)))
+    except RequestError:
+        return True
 
 
 def _param(p: Any) -> Any:
