@@ -102,10 +102,11 @@ class GrpcInference:
                                         **tensors)
 
     async def model_infer(self, body: bytes, context) -> bytes:
-        if len(body) <= self.settings.inline_bytes and not (self.shm and b"shared_memory_region" in body):
+        in_shm = self.shm is not None and b"shared_memory_region" in body
+        if len(body) <= self.settings.inline_bytes and not in_shm:
             content, _, n = pipeline.run_grpc(body, self.limits)
         else:
-            content, _, n = await self.runner.run(pipeline.run_grpc, body, self.limits)
+            content, _, n = await self.runner.run(pipeline.run_grpc, body, self.limits, shm=in_shm)
         self.metrics.elements.labels(f"/{SERVICE}/ModelInfer").inc(n)
         return content
 
