@@ -9,7 +9,10 @@ gets it), unregistering removes it, and every worker looks the name up at each r
 
 Safety. A client may truncate or unlink its region at any time, also during a request;
 touching a mapped page beyond a truncated file raises SIGBUS and kills the worker. So no
-region is ever mapped: each request opens the region's key (``/dev/shm/<key>``), reads a
+worker ever maps a region. By default (``LOSSD_SHM_COMPUTE=helper``) requests naming a
+region are computed by a process of the worker's own that maps them
+(``shm_helper.MappedRegistry``; a SIGBUS kills only that process). What follows is the
+``inline`` mode, and the fallback while a helper starts: each request opens the region's key (``/dev/shm/<key>``), reads a
 tensor with ``os.preadv`` into a fresh array and writes an output with ``os.pwrite``. A
 read past the end of the file returns short instead of faulting (the request gets a 400
 naming the region) and a write past it extends the file; an unlinked key fails to open
