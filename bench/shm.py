@@ -2,7 +2,7 @@
 compute modes (LOSSD_SHM_COMPUTE = helper, inline) against the kernel called in this
 process, at n values.
 
-    python bench/shm.py [--n 10000000] [--repeat 10] [--threads 2] [--mode both] [--losses] [--quick]
+    python bench/shm.py [--n 10000000] [--repeat 10] [--threads 2] [--mode both] [--losses] [--losses-body] [--quick]
 
 For each mode it starts ``lossd serve --workers 1 --threads T`` with ``LOSSD_SHM=true`` on a
 free port, writes predictions and labels (FP64) once into a region, registers it, then
@@ -12,7 +12,8 @@ Prints the median seconds and elements per second of each, each mode's ratio to 
 kernel against the goal (0.5), and the two copy ceilings of the input bytes: ``preadv``
 from the region's file (what ``inline`` does) and a copy out of a mapping (the bound of
 any copying design; ``helper`` copies nothing). ``--losses`` asks for the per-element
-losses too, written into an output region (8·n more bytes). ``--quick``: n = 10^6,
+losses too, written into an output region (8·n more bytes); ``--losses-body`` asks for
+them in the response body (binary). ``--quick``: n = 10^6,
 3 repeats (a smoke run).
 """
 
@@ -94,7 +95,9 @@ def end_to_end(mode: str, pred: np.ndarray, lab: np.ndarray, want, args) -> floa
             o = tc.InferRequestedOutput("losses")
             o.set_shared_memory("bench_out", 8 * n)
             outs.append(o)
-        red = "none" if args.losses else "mean"
+        if args.losses_body:
+            outs.append(tc.InferRequestedOutput("losses", binary_data=True))
+        red = "none" if args.losses or args.losses_body else "mean"
         st = []
         for i in range(args.repeat + 1):
             t = time.perf_counter()
@@ -105,6 +108,8 @@ def end_to_end(mode: str, pred: np.ndarray, lab: np.ndarray, want, args) -> floa
         assert got == want.stats["mean"] or (np.isnan(got) and np.isnan(want.stats["mean"])), (got, want.stats)
         if args.losses:
             assert np.array_equal(shm.get_contents_as_numpy(ho, np.float64, [n]), want.losses)
+        if args.losses_body:
+            assert np.array_equal(res.as_numpy("losses"), want.losses)
     finally:
         shm.destroy_shared_memory_region(h)
         if ho is not None:
@@ -120,6 +125,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mode", choices=("both", *MODES), default="both")
     ap.add_argument("--losses", action="store_true")
+    ap.add_argument("--losses-body", action="store_true",
+                    help="the per-element losses come back in the response body (binary), not a region")
     ap.add_argument("--quick", action="store_true", help="n = 10^6, 3 repeats")
     args = ap.parse_args()
     if args.quick:
@@ -130,7 +137,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pred, lab = rng.normal(size=n) * 3, (rng.random(n) < 0.5).astype(np.float64)
     kernels.set_threads(args.threads)
-    red = "none" if args.losses else "mean"
+    red = "none" if args.losses or args.losses_body else "mean"
     want = kernels.loss(pred, lab, reduction=red)
     k = _median_time(lambda: kernels.loss(pred, lab, reduction=red), args.repeat)
 
@@ -144,7 +151,8 @@ def main() -> None:
     modes = MODES if args.mode == "both" else (args.mode,)
     ends = {mode: end_to_end(mode, pred, lab, want, args) for mode in modes}
 
-    print(f"n = {n}, threads = {args.threads}, outputs = {'mean + losses in shm' if args.losses else 'mean'}, "
+    outputs = "mean" + (" + losses in shm" if args.losses else "") + (" + losses in the body" if args.losses_body else "")
+    print(f"n = {n}, threads = {args.threads}, outputs = {outputs}, "
           f"repeat = {args.repeat} (medians)")
     print(f"kernel in process      : {k * 1e3:8.1f} ms  {n / k / 1e6:8.1f} M elements/s")
     for mode, s in ends.items():

@@ -173,15 +173,18 @@ def _serve(conn, threads: int, output_pool_bytes: int, directory: str, prefix: s
             fn, args = conn.recv()
         except (EOFError, OSError):  # the worker is gone
             return
-        if fn is None:  # warm-up
-            conn.send(("ok", kernels.warmup()))
-            continue
-        body = conn.recv_bytes()
-        conn.send(("got",))  # dying from now on is this request's business
-        maps.prune(registry)
-        args = tuple(dataclasses.replace(a, shm=registry) if isinstance(a, BodyLimits) and a.shm is not None
-                     else a for a in args)
-        conn.send(_call(fn, body, args))
+        try:
+            if fn is None:  # warm-up
+                conn.send(("ok", kernels.warmup()))
+                continue
+            body = conn.recv_bytes()
+            conn.send(("got",))  # dying from now on is this request's business
+            maps.prune(registry)
+            args = tuple(dataclasses.replace(a, shm=registry) if isinstance(a, BodyLimits) and a.shm is not None
+                         else a for a in args)
+            conn.send(_call(fn, body, args))
+        except (EOFError, OSError):  # the worker went away meanwhile
+            return
 
 
 # ------------------------------------------------------------------- in the worker
