@@ -17,8 +17,8 @@ NumPy view of a mapping, an output is copied into a writable mapping of its regi
 Mappings are kept per region between requests and dropped when the region is
 unregistered or its file is replaced (checked at each request and every second when
 idle), so an unlinked region's memory is freed. Before it maps a region for a request,
-the helper tells the worker which one (name, key, end), so that the worker can name it
-if the helper dies.
+the helper records which one (name, key, end) in memory it shares with the worker, so
+that the worker can name it if the helper dies.
 
 One request at a time (the kernels use every thread): requests queue on the helper's
 I/O thread, the event loop awaits a future. While a helper starts (a few seconds of
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import logging
 import mmap
 import multiprocessing
@@ -57,6 +58,7 @@ log = logging.getLogger("lossd")
 
 PROCESS_NAME = "lossd-shm-help"  # /proc/<pid>/comm (15 bytes at most)
 PRUNE_EVERY = 1.0  # seconds idle between checks for mappings to drop
+STATUS_BYTES = 16 * 1024  # the shared record of a request's regions (``Progress``)
 
 
 # ----------------------------------------------------------------- in the helper process
@@ -153,9 +155,45 @@ def _set_process_name(name: str) -> None:
         pass
 
 
-def _serve(conn, threads: int, output_pool_bytes: int, directory: str, prefix: str) -> None:
-    """The helper's loop: (fn, args) then the body, answered with ("region", name, key,
-    end) for each region it maps, then (kind, value) as the large lane's."""
+class Progress:
+    """What the helper has done with the current request, in memory shared with the
+    worker (no message, no wake-up): the request's number once received, then each region
+    it maps. The worker reads it only when the helper died."""
+
+    def __init__(self, shared: Any) -> None:
+        self.shared = shared
+        self.seq = 0
+        self.touched: list[tuple[str, str, int]] = []
+
+    def got(self, seq: int) -> None:
+        self.seq, self.touched = seq, []
+        self._write()
+
+    def region(self, name: str, key: str, end: int) -> None:
+        self.touched.append((name, key, end))
+        self._write()
+
+    def _write(self) -> None:
+        data = json.dumps([self.seq, self.touched]).encode()
+        while len(data) >= len(self.shared) and self.touched:  # the first regions named suffice
+            self.touched.pop()
+            data = json.dumps([self.seq, self.touched]).encode()
+        self.shared.value = data
+
+    @staticmethod
+    def read(shared: Any) -> tuple[int, list[tuple[str, str, int]]]:
+        if not shared.value:  # no request received yet
+            return 0, []
+        try:
+            seq, touched = json.loads(shared.value)
+            return seq, [tuple(t) for t in touched]
+        except ValueError:  # died while writing it
+            return -1, []
+
+
+def _serve(conn, status: Any, threads: int, output_pool_bytes: int, directory: str, prefix: str) -> None:
+    """The helper's loop: (request number, fn, args) then the body, answered with (kind,
+    value) as the large lane's; its progress is in ``status`` (``Progress``)."""
     _set_process_name(PROCESS_NAME)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker shuts it down
     from lossd import kernels
@@ -163,14 +201,15 @@ def _serve(conn, threads: int, output_pool_bytes: int, directory: str, prefix: s
     kernels.set_threads(threads)
     kernels.set_output_pool(output_pool_bytes)
     conn.send(("ready",))
-    maps = Mappings(lambda name, key, end: conn.send(("region", name, key, end)))
+    progress = Progress(status)
+    maps = Mappings(progress.region)
     registry = MappedRegistry(directory, prefix, maps)
     while True:
         try:
             if not conn.poll(PRUNE_EVERY):
                 maps.prune(registry)
                 continue
-            fn, args = conn.recv()
+            seq, fn, args = conn.recv()
         except (EOFError, OSError):  # the worker is gone
             return
         try:
@@ -178,7 +217,7 @@ def _serve(conn, threads: int, output_pool_bytes: int, directory: str, prefix: s
                 conn.send(("ok", kernels.warmup()))
                 continue
             body = conn.recv_bytes()
-            conn.send(("got",))  # dying from now on is this request's business
+            progress.got(seq)  # dying from now on is this request's business
             maps.prune(registry)
             args = tuple(dataclasses.replace(a, shm=registry) if isinstance(a, BodyLimits) and a.shm is not None
                          else a for a in args)
@@ -209,6 +248,7 @@ class ShmHelper:
         self._killed = False  # by ``kill``: its request was already answered
         self._closed = False  # shut down: no new helper
         self._ready = False  # the helper said "ready" (its imports are done)
+        self._seq = 0  # requests sent
         self.restarts = 0
         self._start()
         threading.Thread(target=self._watch, name="lossd-shm-watch", daemon=True).start()
@@ -218,7 +258,9 @@ class ShmHelper:
         self._conn, child = ctx.Pipe(duplex=True)  # a socket pair
         _widen(self._conn)
         _widen(child)
-        proc = ctx.Process(target=_serve, args=(child, *self._args), name="lossd-shm-helper", daemon=True)
+        self._status = ctx.RawArray(ctypes.c_char, STATUS_BYTES)
+        proc = ctx.Process(target=_serve, args=(child, self._status, *self._args), name="lossd-shm-helper",
+                           daemon=True)
         proc.start()
         self._proc = proc  # started: the watcher may look at it
         child.close()
@@ -282,27 +324,24 @@ class ShmHelper:
                 if self._closed:
                     raise HelperGone("the server is stopping")
                 self._available(wait=fn is None)
-                got, touched = fn is None, []
+                self._seq += 1
                 try:
-                    self._conn.send((fn, args))
+                    self._conn.send((self._seq, fn, args))
                     if fn is not None:
                         self._conn.send_bytes(body)
                     while True:
                         msg = self._conn.recv()
-                        if msg[0] == "got":
-                            got = True
-                        elif msg[0] == "ready":
-                            self._ready = True
-                        elif msg[0] == "region":
-                            touched.append(msg[1:])
-                        else:
+                        if msg[0] != "ready":
                             return _unwrap(*msg)
+                        self._ready = True
                 except (EOFError, OSError):
                     if self._closed:
                         raise HelperGone("the server is stopping") from None
                     pid, killed = self._proc.pid, self._killed
                     self._proc.join(timeout=5)
                     code = self._proc.exitcode
+                    seq, touched = Progress.read(self._status)
+                    got = fn is None or seq in (self._seq, -1)
                     self._restart(f"died (exit code {code}) "
                                   f"{'while computing a request' if got else 'before it got a request'}")
                     if killed:
