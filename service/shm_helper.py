@@ -390,7 +390,7 @@ def death_error(touched: list[tuple[str, str, int]], exitcode: int | None, pid: 
         if size < end:
             return ends_before(name, key, end, "the request's read or write faulted (SIGBUS)")
     if exitcode == -signal.SIGBUS and seen:
-        names = ", ".join(repr(name) for name, _, _ in seen)
+        names = ", ".join(repr(name) for name in dict.fromkeys(name for name, _, _ in seen))
         return RequestError.at((), f"shared memory region {names}: truncated while this request read or "
                                    "wrote it (an access beyond the end of the file faulted: SIGBUS)")
     how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"

@@ -219,8 +219,9 @@ def test_death_error_names_what_the_client_did(tmp_path):
     try:
         e = death_error([("r", key, 128)], -signal.SIGBUS, 1)
         assert e.status == 422 and "'r'" in e.message and "truncated" in e.message  # OIP renders 400
-        e = death_error([("r", key, 64)], -signal.SIGBUS, 1)
-        assert "'r'" in e.message and "truncated" in e.message and isinstance(e, RequestError)
+        e = death_error([("r", key, 32), ("r", key, 64)], -signal.SIGBUS, 1)  # two inputs of one region
+        assert isinstance(e, RequestError) and "truncated" in e.message
+        assert e.message.startswith("shared memory region 'r': ")
         e = death_error([("r", key, 64)], -signal.SIGKILL, 1)
         assert e.status == 503
     finally:
