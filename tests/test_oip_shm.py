@@ -538,7 +538,7 @@ def test_grpc_shared_memory():
     ho = shm.create_shared_memory_region("go", "/lossd_test_go", want.losses.nbytes)
     try:
         _write_inputs(h, pred, lab)
-        with lossd_serve(env={"LOSSD_SHM": "true", "LOSSD_GRPC_PORT": str(grpc_port)}):
+        with lossd_serve(env={"LOSSD_SHM": "true", "LOSSD_GRPC_PORT": str(grpc_port)}) as s:
             c = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
             assert "system_shared_memory" in c.get_server_metadata(as_json=True)["extensions"]
             c.register_system_shared_memory("g", "/lossd_test_g", size)
@@ -557,6 +557,9 @@ def test_grpc_shared_memory():
             res = c.infer("loss", [a, b], outputs=[o, m], parameters={"reduction": "none"})
             assert_bits_equal(res.as_numpy("mean"), np.array([want.stats["mean"]]), "mean")
             assert_bits_equal(shm.get_contents_as_numpy(ho, np.float64, [1000]), want.losses, "losses")
+            # computed by the worker's helper, through its mappings (ready once /readyz is 200)
+            (helper,) = helpers_of(s)  # one worker, one helper
+            assert all(_path(k) in _maps(helper) for k in ("/lossd_test_g", "/lossd_test_go"))
             c.unregister_system_shared_memory("g")
             msg = _error_of(c.infer, "loss", [a, b])
             assert "'g'" in msg and "not registered" in msg
