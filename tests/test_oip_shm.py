@@ -377,6 +377,37 @@ def test_helpers_map_inputs_fp32_fp64_and_outputs(client, region, server):
     assert helpers_of(server) == helpers  # none died
 
 
+def test_concurrent_requests_queue_on_the_helpers(server, region):
+    """16 requests at once from 8 clients (connections spread over both workers): each
+    worker's helper takes them one at a time, every answer exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(8)
+    n = 20_000
+    pred, lab = rng.normal(size=n), (rng.random(n) < 0.5).astype(np.float64)
+    h = region("c", "/lossd_test_c", pred.nbytes + lab.nbytes)
+    _write_inputs(h, pred, lab)
+    c0 = tritonclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    c0.register_system_shared_memory("c", "/lossd_test_c", pred.nbytes + lab.nbytes, headers=auth())
+    want = np.array([kernels.loss(pred, lab).loss])
+
+    def two(_: int) -> list[np.ndarray]:
+        c = tritonclient.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=60.0)
+        try:
+            return [c.infer("loss", _inputs(pred, lab, "c"), headers=auth()).as_numpy("loss") for _ in range(2)]
+        finally:
+            c.close()
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            for got in pool.map(two, range(8), timeout=120):
+                for g in got:
+                    assert_bits_equal(g, want, "loss")
+    finally:
+        c0.unregister_system_shared_memory("c", headers=auth())
+        c0.close()
+
+
 def test_helper_killed_between_requests(client, region, server):
     """SIGKILL to every helper while idle: the next requests are served (by new helpers,
     one per worker), exact, and no worker died."""
