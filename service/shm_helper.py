@@ -58,6 +58,7 @@ log = logging.getLogger("lossd")
 
 PROCESS_NAME = "lossd-shm-help"  # /proc/<pid>/comm (15 bytes at most)
 PRUNE_EVERY = 1.0  # seconds idle between checks for mappings to drop
+WARM_TIMEOUT = 600.0  # seconds for a helper's warm-up (a first start may compile)
 STATUS_BYTES = 16 * 1024  # the shared record of a request's regions (``Progress``)
 
 
@@ -292,8 +293,10 @@ class ShmHelper:
         after the worker's warm-up). A helper that cannot warm up still serves: its
         requests compile what they need."""
         try:
-            return self._io.submit(self._call, None, b"", ()).result()
+            return self._io.submit(self._call, None, b"", ()).result(timeout=WARM_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - logged; the helper is restarted if it died
+            if isinstance(exc, TimeoutError):  # hung: /readyz must not wait for ever
+                self.kill()
             log.error("the shared memory compute helper did not warm up: %s: %s", type(exc).__name__, exc)
             return 0
 
