@@ -23,6 +23,7 @@ from lossd import kernels
 
 from . import __version__, shm
 from .shm import Registry
+from .shm_helper import ShmHelper
 from .errors import ApiError
 from .metrics import Metrics
 from .middleware import FrontDoor, log_safe
@@ -74,11 +75,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.lane_bytes > 0:
             runner.lane_factory = lambda: LargeLane(threads, settings.output_pool_bytes)
             runner.lane = runner.lane_factory()
-        readiness.start(settings.warmup, runner.lane)
         grpc_server = None
-        try:  # the kernel threads and the lane are stopped even when gRPC cannot bind
+        try:  # the kernel threads, the lane and the helper are stopped even when gRPC cannot bind
             if shm_owned:
                 os.mkdir(shm_registry.directory, 0o700)
+            if shm_registry is not None and settings.shm_compute == "helper":
+                runner.helper = ShmHelper(threads, settings.output_pool_bytes, shm_registry)
+            readiness.start(settings.warmup, runner.lane, runner.helper)
             if settings.grpc_port is not None:  # OIP over gRPC, in every worker (grpc_server.py)
                 from .grpc_server import GrpcInference
 

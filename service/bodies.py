@@ -80,18 +80,19 @@ async def read_body(request: Request, pool: BufferPool) -> tuple[bytes | memoryv
 
 async def run_on_body(request: Request, pool: BufferPool, runner: KernelRunner, inline_bytes: int,
                       fn: Callable[..., T], *args: Any, lane: bool = False,
-                      heavy: Callable[[Any], bool] | None = None) -> T:
+                      in_shm: Callable[[Any], bool] | None = None) -> T:
     """``fn(body, *args)``: on the event loop for small bodies (the work takes less than
     a thread hop), in the kernel pool for large ones, and in the large lane (a process)
     for bodies from its size on when ``lane`` says that their decoding holds the GIL.
-    A small body for which ``heavy`` is true (its tensors are in shared memory) goes to
-    the kernel pool too."""
+    A body for which ``in_shm`` is true (its tensors are in shared memory) goes to the
+    shared memory compute helper (``shm_helper.py``), or the kernel pool without one."""
     body, release = await read_body(request, pool)
     try:
-        if len(body) <= inline_bytes and not (heavy is not None and heavy(body)):
+        shm = in_shm is not None and in_shm(body)
+        if len(body) <= inline_bytes and not shm:
             result = fn(body, *args)
         else:
-            result = await runner.run(fn, body, *args, lane=lane and runner.wants_lane(len(body)))
+            result = await runner.run(fn, body, *args, lane=lane and runner.wants_lane(len(body)), shm=shm)
     except (asyncio.CancelledError, ComputeTimeout):
         raise  # the worker thread may still read the buffer: leave it to the garbage collector
     except BaseException:

@@ -132,12 +132,13 @@ class GrpcInference:
                                         **tensors)
 
     async def model_infer(self, body: bytes, context) -> bytes:
-        if len(body) <= self.settings.inline_bytes and not (self.shm and b"shared_memory_region" in body):
+        in_shm = self.shm is not None and b"shared_memory_region" in body
+        if len(body) <= self.settings.inline_bytes and not in_shm:
             content, _, n = pipeline.run_grpc(body, self.limits)
         else:
             # raw tensors cost nothing to decode: only typed contents go to the large lane
-            lane = self.runner.wants_lane(len(body)) and not oip_grpc.has_raw_inputs(body)
-            content, _, n = await self.runner.run(pipeline.run_grpc, body, self.limits, lane=lane)
+            lane = not in_shm and self.runner.wants_lane(len(body)) and not oip_grpc.has_raw_inputs(body)
+            content, _, n = await self.runner.run(pipeline.run_grpc, body, self.limits, lane=lane, shm=in_shm)
         self.metrics.elements.labels(f"/{SERVICE}/ModelInfer").inc(n)
         return content
 

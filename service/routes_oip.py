@@ -147,7 +147,7 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
         # binary tensors cost nothing to decode: only all-JSON bodies go to the large lane
         content, headers, n = await run_on_body(request, pool, runner, inline_bytes, run_oip,
                                                 model, header_length, limits, lane=header_length is None,
-                                                heavy=_in_shm if limits.shm else None)
+                                                in_shm=_in_shm if limits.shm else None)
         metrics.elements.labels(request.scope["route"].path).inc(n)
         return Response(content, headers=headers)
 
@@ -171,7 +171,8 @@ def add_oip_routes(app: FastAPI, runner: KernelRunner, metrics: Metrics, readine
 
 
 def _in_shm(body) -> bool:
-    """Whether a (small) infer body names a shared memory region: its work is not small."""
+    """Whether an infer body names a shared memory region (then its work is not small,
+    and the helper computes it)."""
     return b"shared_memory_region" in bytes(body)
 
 

@@ -22,6 +22,7 @@ from lossd import kernels
 
 from .errors import ApiError
 from .lane import LaneGone, LargeLane
+from .shm_helper import HelperStarting, ShmHelper
 
 T = TypeVar("T")
 log = logging.getLogger("lossd")
@@ -38,6 +39,7 @@ class KernelRunner:
         self.lane_bytes = lane_bytes  # bodies from this size go to the lane (if any)
         self.lane = lane
         self.lane_factory: Callable[[], LargeLane] | None = None  # restarts a lane killed at the deadline
+        self.helper: ShmHelper | None = None  # computes requests with tensors in shared memory
         self.timeout = timeout
         self._pending = 0  # touched only on the event loop thread
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="lossd-kernel")
@@ -45,16 +47,17 @@ class KernelRunner:
     def wants_lane(self, size: int) -> bool:
         return self.lane is not None and not self.lane.broken and size >= self.lane_bytes
 
-    async def run(self, fn: Callable[..., T], *args, lane: bool = False) -> T:
-        """``fn(*args)`` in the thread pool, or in the large lane if ``lane`` (then
-        ``fn`` and ``args`` must pickle), answered within ``timeout`` seconds or 504.
+    async def run(self, fn: Callable[..., T], *args, lane: bool = False, shm: bool = False) -> T:
+        """``fn(*args)`` in the thread pool, or in the large lane if ``lane``, or in the
+        shared memory compute helper if ``shm`` and there is one (then ``fn`` and
+        ``args`` must pickle), answered within ``timeout`` seconds or 504.
 
         A kernel call cannot be interrupted (a Numba parallel region has no cancellation
         point), so at the deadline the request is answered 504 and its task ends, but a
         thread that already runs the call keeps its slot until the call returns: requests
         beyond the capacity then get 503 rather than more threads. Work still queued for a
-        thread is dropped. A call running in the large lane is stopped by killing the lane,
-        and a new lane starts."""
+        thread is dropped. A call running in the large lane or the helper is stopped by
+        killing that process, and a new one starts."""
         if self._pending >= self.capacity:
             raise ApiError(503, f"busy: {self._pending} requests are running or queued; retry shortly",
                            {"retry-after": "1"})
@@ -63,11 +66,18 @@ class KernelRunner:
         deadline = None if self.timeout is None else loop.time() + self.timeout
         work: Future | None = None
         try:
+            if shm and self.helper is not None:
+                helper = self.helper
+                work = helper.submit(fn, *args)
+                try:
+                    return await self._wait(work, deadline, helper.kill)
+                except HelperStarting:
+                    pass  # meanwhile the threads compute it (the registry's preadv)
             if lane and self.lane is not None:
                 current = self.lane
                 work = current.submit(fn, *args)
                 try:
-                    return await self._wait(work, deadline, current)
+                    return await self._wait(work, deadline, lambda: self._restart_lane(current))
                 except LaneGone:
                     pass  # the lane never saw it: the threads compute it
             work = self._pool.submit(fn, *args)
@@ -81,7 +91,8 @@ class KernelRunner:
     def _release(self) -> None:
         self._pending -= 1
 
-    async def _wait(self, work: Future, deadline: float | None, lane: LargeLane | None) -> T:
+    async def _wait(self, work: Future, deadline: float | None, stop: Callable[[], None] | None) -> T:
+        """``work``'s result; at the deadline, ``stop`` ends it if it already runs."""
         fut = asyncio.wrap_future(work)
         fut.add_done_callback(_retrieve)  # an abandoned result's exception is not an error to log
         try:
@@ -93,8 +104,8 @@ class KernelRunner:
         except TimeoutError:
             if fut.done():  # the work itself raised TimeoutError
                 raise
-            if not work.cancel() and lane is not None:  # running in the lane: stop it there
-                self._restart_lane(lane)
+            if not work.cancel() and stop is not None:  # running in the lane or helper: stop it there
+                stop()
             raise ComputeTimeout(504, f"not computed within {self.timeout:g} s (LOSSD_COMPUTE_TIMEOUT); "
                                  "the request was too large for the time allowed, or the server is "
                                  "overloaded") from None
@@ -113,6 +124,8 @@ class KernelRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.lane is not None:
             self.lane.shutdown()
+        if self.helper is not None:
+            self.helper.shutdown()
 
 
 def _warmed(fut: Future) -> None:
@@ -147,19 +160,21 @@ class Readiness:
         self.error: str | None = None
         self.report_every = report_every
 
-    def start(self, warmup: bool, lane: LargeLane | None = None) -> None:
-        """Without warmup, the lane too starts on first use."""
+    def start(self, warmup: bool, *others: LargeLane | ShmHelper | None) -> None:
+        """Warms this process, then ``others`` (the lane, the helper). Without warmup, they
+        too load kernels on first use."""
         if not warmup:
             self.ready.set()
             return
-        threading.Thread(target=self._warm, args=(lane,), name="lossd-warmup", daemon=True).start()
+        threading.Thread(target=self._warm, args=others, name="lossd-warmup", daemon=True).start()
 
-    def _warm(self, lane: LargeLane | None) -> None:
+    def _warm(self, *others: LargeLane | ShmHelper | None) -> None:
         progress = WarmupProgress(self.report_every)
         try:
             self.signatures = kernels.warmup(progress=self._progress(progress))
-            if lane is not None:  # after ours: it then loads the signatures from the cache
-                lane.warm()
+            for other in others:  # after ours: they then load the signatures from the cache
+                if other is not None:
+                    other.warm()
         except Exception as exc:  # reported by /readyz; the process stays up for /healthz
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("warm-up failed: %s; /readyz answers 503", self.error)

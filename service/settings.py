@@ -156,6 +156,12 @@ class Settings(BaseModel):
     shm_prefix: str = Field(
         "/lossd", min_length=2, pattern=r"^/[^/]+$",
         description="Only shared memory keys starting with this are registered (LOSSD_SHM).")
+    shm_compute: Literal["helper", "inline"] = Field(
+        "helper",
+        description="Where requests with tensors in shared memory are computed: 'helper' (a process "
+                    "per worker that maps the regions, no copy; a region truncated under it kills only "
+                    "the helper: 400 naming the region, and a new helper) or 'inline' (the worker's "
+                    "kernel threads copy the regions with preadv: slower, no extra process).")
     shm_dir: str | None = Field(
         None, min_length=1,
         description="Directory of the shared memory registry, shared by the workers; default: "

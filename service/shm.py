@@ -9,7 +9,10 @@ gets it), unregistering removes it, and every worker looks the name up at each r
 
 Safety. A client may truncate or unlink its region at any time, also during a request;
 touching a mapped page beyond a truncated file raises SIGBUS and kills the worker. So no
-region is ever mapped: each request opens the region's key (``/dev/shm/<key>``), reads a
+worker ever maps a region. By default (``LOSSD_SHM_COMPUTE=helper``) requests naming a
+region are computed by a process of the worker's own that maps them
+(``shm_helper.MappedRegistry``; a SIGBUS kills only that process). What follows is the
+``inline`` mode, and the fallback while a helper starts: each request opens the region's key (``/dev/shm/<key>``), reads a
 tensor with ``os.preadv`` into a fresh array and writes an output with ``os.pwrite``. A
 read past the end of the file returns short instead of faulting (the request gets a 400
 naming the region) and a write past it extends the file; an unlinked key fails to open
@@ -53,6 +56,15 @@ class Region:
 
     def status(self) -> dict:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
+
+
+def missing(name: str, key: str) -> RequestError:
+    return _error(f"shared memory region {name!r}: key {key!r} does not exist (unlinked?)")
+
+
+def ends_before(name: str, key: str, end: int, what: str) -> RequestError:
+    """The region's file is now shorter than a tensor in it: ``what`` failed."""
+    return _error(f"shared memory region {name!r}: {key!r} now ends before byte {end} (truncated?); {what}")
 
 
 def _count(v: object, what: str, name: str) -> int:
@@ -150,15 +162,18 @@ class Registry:
         return Region(name, d["key"], d["offset"], d["byte_size"])
 
     @staticmethod
+    def key_path(key: str) -> str:
+        return os.path.join(SHM_ROOT, key.lstrip("/"))
+
+    @staticmethod
     def _open(region: Region, flags: int) -> int:
         try:
             # O_NOFOLLOW: a symlink planted under /dev/shm does not lead elsewhere; O_NONBLOCK:
             # a FIFO does not hang the open (and is refused below)
-            fd = os.open(os.path.join(SHM_ROOT, region.key.lstrip("/")),
+            fd = os.open(Registry.key_path(region.key),
                          flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
-            raise _error(f"shared memory region {region.name!r}: key {region.key!r} does not exist "
-                         "(unlinked?)") from None
+            raise missing(region.name, region.key) from None
         except OSError as exc:
             raise _error(f"shared memory region {region.name!r}: key {region.key!r} cannot be opened: "
                          f"{exc.strerror}") from None
@@ -179,15 +194,28 @@ class Registry:
                          f"the {region.byte_size} bytes of shared memory region {region.name!r}")
         return region, region.offset + offset, size
 
-    def read(self, name: str, params: dict, dtype: np.dtype, count: int, slot: int = 0) -> np.ndarray:
-        """Input ``name``'s ``count`` values of ``dtype`` from the region its ``params``
-        name: a copy (the client may rewrite the region meanwhile), into this thread's
-        buffer number ``slot`` (``_buffer``)."""
+    def _input_span(self, name: str, params: dict, dtype: np.dtype, count: int) -> tuple[Region, int, int]:
         region, at, size = self._span(f"input {name!r}", params)
         expect = count * dtype.itemsize
         if size != expect:
             raise _error(f"input {name!r}: shared_memory_byte_size = {size} does not match its shape and "
                          f"datatype ({expect} bytes; region {region.name!r})")
+        return region, at, size
+
+    def _output_span(self, name: str, span: tuple[str, int, int, int], data: bytes | memoryview | np.ndarray
+                     ) -> tuple[Region, int, memoryview]:
+        region_name, at, size, _ = span
+        view = memoryview(data).cast("B")  # an array's own bytes: no copy
+        if len(view) > size:
+            raise _error(f"output {name!r} needs {len(view)} bytes, shared_memory_byte_size is {size} "
+                         f"(region {region_name!r})")
+        return self.lookup(region_name), at, view  # it may have been unregistered meanwhile
+
+    def read(self, name: str, params: dict, dtype: np.dtype, count: int, slot: int = 0) -> np.ndarray:
+        """Input ``name``'s ``count`` values of ``dtype`` from the region its ``params``
+        name: a copy (the client may rewrite the region meanwhile), into this thread's
+        buffer number ``slot`` (``_buffer``)."""
+        region, at, size = self._input_span(name, params, dtype, count)
         arr = _buffer(slot, size).view(dtype)
         buf = memoryview(arr).cast("B")
         fd = self._open(region, os.O_RDONLY)
@@ -196,8 +224,7 @@ class Registry:
             while done < size:
                 n = os.preadv(fd, [buf[done:done + _MAX_IO]], at + done)
                 if n <= 0:
-                    raise _error(f"shared memory region {region.name!r}: {region.key!r} now ends before "
-                                 f"byte {at + size} (truncated?); input {name!r} could not be read")
+                    raise ends_before(region.name, region.key, at + size, f"input {name!r} could not be read")
                 done += n
         finally:
             os.close(fd)
@@ -213,17 +240,11 @@ class Registry:
         """Write output ``name`` at the start of its span (``check_output``); refuse when
         the span is too small or the file is now shorter than it. A concurrent truncate
         makes pwrite extend the file: no fault."""
-        region_name, at, size, _ = span
-        view = memoryview(data).cast("B")  # an array's own bytes: no copy
-        if len(view) > size:
-            raise _error(f"output {name!r} needs {len(view)} bytes, shared_memory_byte_size is {size} "
-                         f"(region {region_name!r})")
-        region = self.lookup(region_name)  # it may have been unregistered meanwhile
+        region, at, view = self._output_span(name, span, data)
         fd = self._open(region, os.O_RDWR)
         try:
             if os.fstat(fd).st_size < at + len(view):
-                raise _error(f"shared memory region {region_name!r}: {region.key!r} now ends before byte "
-                             f"{at + len(view)} (truncated?); output {name!r} could not be written")
+                raise ends_before(region.name, region.key, at + len(view), f"output {name!r} could not be written")
             done = 0
             while done < len(view):
                 done += os.pwrite(fd, view[done:done + _MAX_IO], at + done)

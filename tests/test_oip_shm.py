@@ -2,15 +2,22 @@
 ``tritonclient.http`` and ``tritonclient.utils.shared_memory`` against a real ``lossd
 serve`` with ``LOSSD_SHM=true`` and a bearer token (two workers: a registration must
 reach every worker). Results are compared with ``kernels`` bit for bit; a client that
-truncates or unlinks its region gets a 400 naming it and the workers stay alive.
+truncates or unlinks its region gets a 400 naming it and the workers stay alive. The
+requests are computed by each worker's compute helper (LOSSD_SHM_COMPUTE=helper, the
+default: service/shm_helper.py), which maps the regions; ``inline`` (preadv in the
+worker) is tested by ``test_inline_mode``. The helper alone: ``test_shm_helper.py``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from lossd import kernels
@@ -21,6 +28,8 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from oip_helpers import expected_outputs  # noqa: E402
 from service_helpers import assert_bits_equal, lossd_serve  # noqa: E402
+
+from lossd.service.shm_helper import PROCESS_NAME  # noqa: E402
 
 TOKEN = "shm-test-token"
 
@@ -65,6 +74,40 @@ def region():
             shm.destroy_shared_memory_region(h)
         except Exception:  # unlinked by the test already
             pass
+
+
+def helpers_of(server) -> dict[int, int]:
+    """{helper pid: its worker's pid} of a running server."""
+    out = {}
+    for p in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if p.name() == PROCESS_NAME and p.status() != psutil.STATUS_ZOMBIE:
+                out[p.pid] = p.ppid()
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def workers_of(server) -> list[int]:
+    """The uvicorn workers (the children but multiprocessing's resource tracker)."""
+    return sorted(p.pid for p in psutil.Process(server.proc.pid).children()
+                  if "resource_tracker" not in " ".join(p.cmdline()))
+
+
+def wait_helpers(server, workers: list[int], timeout: float = 60.0) -> dict[int, int]:
+    """The helpers once each worker has one (a new helper takes a few seconds to start)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = helpers_of(server)
+        if sorted(got.values()) == sorted(workers):
+            return got
+        assert time.monotonic() < deadline, f"helpers {got} for workers {workers}"
+        time.sleep(0.2)
+
+
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
 
 
 def _path(key: str) -> str:
@@ -222,49 +265,188 @@ def test_truncate_and_unlink_after_registration(client, region, server):
     assert_bits_equal(r.as_numpy("loss"), np.array([kernels.loss(p, l).loss]), "loss")
 
 
-def test_truncate_during_requests(client, region, server):
-    """A region truncated and restored over and over while requests read it: each answer
-    is 200 with the kernels' result or a 400 naming the region, never a 5xx or a dead
-    worker (preadv returns short where a mapping would fault)."""
-    import threading
-
+@pytest.mark.parametrize("cut", ["truncate", "unlink"])
+def test_truncate_during_requests(client, region, server, cut):
+    """A region truncated and restored (or unlinked and made anew) over and over while
+    requests read it: each answer is 200 with a finite loss or a 400 naming the region,
+    never a 5xx or a dead worker. A helper that faults (SIGBUS) is replaced: afterwards
+    each worker has one again and the next request is exact."""
     workers = sorted(server.children())
     n = 1_000_000
     rng = np.random.default_rng(5)
     pred, lab = rng.normal(size=n), (rng.random(n) < 0.5).astype(np.float64)
     size = pred.nbytes + lab.nbytes
-    h = region("d", "/lossd_test_d", size)
+    key = f"/lossd_test_d_{cut}"
+    h = region("d", key, size)
     _write_inputs(h, pred, lab)
-    client.register_system_shared_memory("d", "/lossd_test_d", size, headers=auth())
+    client.register_system_shared_memory("d", key, size, headers=auth())
     want = np.array([kernels.loss(pred, lab).loss])
-    fd = os.open(_path("/lossd_test_d"), os.O_RDWR)
+    fd = os.open(_path(key), os.O_RDWR)
     stop = threading.Event()
+
+    def restore(f: int) -> None:
+        os.ftruncate(f, size)
+        os.pwrite(f, pred.tobytes(), 0)  # zeroes past the cut: restore them
+        os.pwrite(f, lab.tobytes(), pred.nbytes)
 
     def flip():
         while not stop.is_set():
-            os.ftruncate(fd, 8 * n // 2)
-            os.ftruncate(fd, size)
-            os.pwrite(fd, pred.tobytes(), 0)  # zeroes past the cut: restore them
-            os.pwrite(fd, lab.tobytes(), pred.nbytes)
+            if cut == "truncate":
+                os.ftruncate(fd, 8 * n // 2)
+                restore(fd)
+            else:  # a new file under the key: the helper maps it anew
+                os.unlink(_path(key))
+                f = os.open(_path(key), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                restore(f)
+                os.close(f)
 
     t = threading.Thread(target=flip)
     t.start()
-    outcomes = set()
+    outcomes = []
+    deadline = time.monotonic() + 30
     try:
         for _ in range(30):
+            if time.monotonic() > deadline:
+                break
             try:
                 r = client.infer("loss", _inputs(pred, lab, "d"), headers=auth())
-                outcomes.add("200")
+                outcomes.append("200")
                 assert np.isfinite(r.as_numpy("loss")).all()  # restored data may be mid-write
             except InferenceServerException as exc:
                 assert "[400]" in str(exc) and "'d'" in str(exc), str(exc)
-                outcomes.add("400")
+                outcomes.append("400")
     finally:
         stop.set()
         t.join()
         os.close(fd)
+    assert outcomes
     assert_bits_equal(client.infer("loss", _inputs(pred, lab, "d"), headers=auth()).as_numpy("loss"), want, "loss")
     assert server.alive() and sorted(server.children()) == workers
+    wait_helpers(server, workers_of(server))
+
+
+def test_helpers_map_inputs_fp32_fp64_and_outputs(client, region, server):
+    """One helper per worker computes every shared memory request, reading inputs through
+    mappings it keeps (seen in its /proc/<pid>/maps): FP32 inputs with a per-element
+    output region, and FP64 inputs at an offset that is no multiple of 8 (copied out of
+    the mapping to be aligned), bit for bit the kernels'."""
+    helpers = wait_helpers(server, workers_of(server))
+    rng = np.random.default_rng(32)
+    n = 3000
+    p64, l64 = rng.normal(size=n) * 3, (rng.random(n) < 0.5).astype(np.float64)
+    p32, l32 = p64.astype(np.float32), l64.astype(np.float32)
+    want32 = kernels.loss(p32, l32, reduction="none")
+    want64 = kernels.grad(p64, l64, reduction="none")
+    h = region("m", "/lossd_test_m", 4 + p32.nbytes + l32.nbytes + p64.nbytes + l64.nbytes)
+    shm.set_shared_memory_region(h, [p32, l32], offset=0)
+    odd = p32.nbytes + l32.nbytes + 4
+    shm.set_shared_memory_region(h, [p64, l64], offset=odd)
+    client.register_system_shared_memory("m", "/lossd_test_m", odd + p64.nbytes + l64.nbytes, headers=auth())
+    ho = region("mo", "/lossd_test_mo", want32.losses.nbytes + want64.grad.nbytes)
+    client.register_system_shared_memory("mo", "/lossd_test_mo", want32.losses.nbytes + want64.grad.nbytes,
+                                         headers=auth())
+
+    def inputs(dt: str, pred, lab, at: int):
+        a, b = tritonclient.InferInput("predictions", [n], dt), tritonclient.InferInput("labels", [n], dt)
+        a.set_shared_memory("m", pred.nbytes, offset=at)
+        b.set_shared_memory("m", lab.nbytes, offset=at + pred.nbytes)
+        return [a, b]
+
+    out32 = tritonclient.InferRequestedOutput("losses")
+    out32.set_shared_memory("mo", want32.losses.nbytes)
+    out64 = tritonclient.InferRequestedOutput("grad")
+    out64.set_shared_memory("mo", want64.grad.nbytes, offset=want32.losses.nbytes)
+    mean = tritonclient.InferRequestedOutput("mean", binary_data=True)
+    for _ in range(6):  # both workers
+        res = client.infer("loss", inputs("FP32", p32, l32, 0), outputs=[out32, mean],
+                           parameters={"reduction": "none"}, headers=auth())
+        assert_bits_equal(shm.get_contents_as_numpy(ho, want32.losses.dtype, [n]), want32.losses, "losses")
+        assert_bits_equal(res.as_numpy("mean"), np.array([want32.stats["mean"]]), "mean")
+        res = client.infer("grad", inputs("FP64", p64, l64, odd), outputs=[out64, mean],
+                           parameters={"reduction": "none"}, headers=auth())
+        assert_bits_equal(shm.get_contents_as_numpy(ho, np.float64, [n], offset=want32.losses.nbytes),
+                          want64.grad, "grad")
+        assert_bits_equal(res.as_numpy("mean"), np.array([want64.stats["mean"]]), "mean")
+    # a helper that has just been started (after an earlier test) leaves requests to
+    # its worker's threads until its imports are done: a few seconds
+    deadline = time.monotonic() + 30
+    while not any(_path("/lossd_test_m") in _maps(pid) for pid in helpers):
+        assert time.monotonic() < deadline, "no helper maps the input region"
+        client.infer("loss", inputs("FP32", p32, l32, 0), headers=auth())
+        time.sleep(0.2)
+    assert helpers_of(server) == helpers  # none died
+
+
+def test_concurrent_requests_queue_on_the_helpers(server, region):
+    """16 requests at once from 8 clients (connections spread over both workers): each
+    worker's helper takes them one at a time, every answer exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(8)
+    n = 20_000
+    pred, lab = rng.normal(size=n), (rng.random(n) < 0.5).astype(np.float64)
+    h = region("c", "/lossd_test_c", pred.nbytes + lab.nbytes)
+    _write_inputs(h, pred, lab)
+    c0 = tritonclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    c0.register_system_shared_memory("c", "/lossd_test_c", pred.nbytes + lab.nbytes, headers=auth())
+    want = np.array([kernels.loss(pred, lab).loss])
+
+    def two(_: int) -> list[np.ndarray]:
+        c = tritonclient.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=60.0)
+        try:
+            return [c.infer("loss", _inputs(pred, lab, "c"), headers=auth()).as_numpy("loss") for _ in range(2)]
+        finally:
+            c.close()
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            for got in pool.map(two, range(8), timeout=120):
+                for g in got:
+                    assert_bits_equal(g, want, "loss")
+    finally:
+        c0.unregister_system_shared_memory("c", headers=auth())
+        c0.close()
+
+
+def test_helper_killed_between_requests(client, region, server):
+    """SIGKILL to every helper while idle: the next requests are served (by new helpers,
+    one per worker), exact, and no worker died."""
+    workers = workers_of(server)
+    old = wait_helpers(server, workers)
+    pred, lab = _small()
+    h = region("k", "/lossd_test_k", pred.nbytes + lab.nbytes)
+    _write_inputs(h, pred, lab)
+    client.register_system_shared_memory("k", "/lossd_test_k", pred.nbytes + lab.nbytes, headers=auth())
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    want = np.array([kernels.loss(pred, lab).loss])
+    for _ in range(6):
+        assert_bits_equal(client.infer("loss", _inputs(pred, lab, "k"), headers=auth()).as_numpy("loss"),
+                          want, "loss")
+    new = wait_helpers(server, workers)
+    assert not set(new) & set(old)
+    assert server.alive() and workers_of(server) == workers
+
+
+def test_inline_mode():
+    """LOSSD_SHM_COMPUTE=inline: no helper, the worker reads the regions with preadv; the
+    same bits, and truncation is a 400 naming the region."""
+    pred, lab = _small()
+    h = shm.create_shared_memory_region("i", "/lossd_test_i", pred.nbytes + lab.nbytes)
+    try:
+        _write_inputs(h, pred, lab)
+        with lossd_serve(env={"LOSSD_SHM": "true", "LOSSD_SHM_COMPUTE": "inline"}) as s:
+            c = tritonclient.InferenceServerClient(f"127.0.0.1:{s.port}")
+            c.register_system_shared_memory("i", "/lossd_test_i", pred.nbytes + lab.nbytes)
+            assert_bits_equal(c.infer("loss", _inputs(pred, lab, "i")).as_numpy("loss"),
+                              np.array([kernels.loss(pred, lab).loss]), "loss")
+            os.truncate(_path("/lossd_test_i"), 8)
+            msg = _error_of(c.infer, "loss", _inputs(pred, lab, "i"))
+            assert "'i'" in msg and "truncated" in msg
+            assert helpers_of(s) == {}
+            c.close()
+    finally:
+        shm.destroy_shared_memory_region(h)
 
 
 def test_unregister_frees(client, region):
@@ -359,11 +541,17 @@ def test_registry_reads_and_writes(tmp_path):
         os.unlink(path)
 
 
-def test_registry_directory_removed_at_exit():
-    with lossd_serve(env={"LOSSD_SHM": "true"}) as s:
+def test_registry_and_helpers_gone_at_exit():
+    """SIGTERM to lossd serve alone (not its process group): it exits 0, its registry
+    directory is removed and no compute helper outlives it."""
+    with lossd_serve("--workers", "2", env={"LOSSD_SHM": "true"}) as s:
         mine = [d for d in os.listdir("/dev/shm") if d.startswith(f"lossd-registry-{s.proc.pid}-")]
         assert len(mine) == 1
-        assert s.stop() == 0
+        helpers = [psutil.Process(pid) for pid in wait_helpers(s, workers_of(s))]
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(60) == 0
+        gone, alive = psutil.wait_procs(helpers, timeout=10)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], "helpers outlived the server"
     assert not os.path.exists(os.path.join("/dev/shm", mine[0]))
 
 
@@ -381,7 +569,7 @@ def test_grpc_shared_memory():
     ho = shm.create_shared_memory_region("go", "/lossd_test_go", want.losses.nbytes)
     try:
         _write_inputs(h, pred, lab)
-        with lossd_serve(env={"LOSSD_SHM": "true", "LOSSD_GRPC_PORT": str(grpc_port)}):
+        with lossd_serve(env={"LOSSD_SHM": "true", "LOSSD_GRPC_PORT": str(grpc_port)}) as s:
             c = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
             assert "system_shared_memory" in c.get_server_metadata(as_json=True)["extensions"]
             c.register_system_shared_memory("g", "/lossd_test_g", size)
@@ -400,6 +588,9 @@ def test_grpc_shared_memory():
             res = c.infer("loss", [a, b], outputs=[o, m], parameters={"reduction": "none"})
             assert_bits_equal(res.as_numpy("mean"), np.array([want.stats["mean"]]), "mean")
             assert_bits_equal(shm.get_contents_as_numpy(ho, np.float64, [1000]), want.losses, "losses")
+            # computed by the worker's helper, through its mappings (ready once /readyz is 200)
+            (helper,) = helpers_of(s)  # one worker, one helper
+            assert all(_path(k) in _maps(helper) for k in ("/lossd_test_g", "/lossd_test_go"))
             c.unregister_system_shared_memory("g")
             msg = _error_of(c.infer, "loss", [a, b])
             assert "'g'" in msg and "not registered" in msg
