@@ -27,7 +27,7 @@ $(STAMP_RUN): pyproject.toml $(SERVICE_LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP_RUN)
 
-# The test, bench and load extras and the client's dependencies (the load tests use the
+# The test, bench, load and eval extras and the client's dependencies (the load tests use the
 # client's OIP framing): one lock, a superset of the service's with the same versions.
 $(STAMP_DEV): pyproject.toml client/pyproject.toml $(DEV_LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install -q --require-hashes -r $(DEV_LOCK)
@@ -121,7 +121,7 @@ $(TOOLS)/.installed: $(TOOLS_LOCK)
 	touch $@
 
 lock: $(TOOLS)/.installed
-	$(COMPILE) $(LOCK_UPGRADE) --all-build-deps --extra test --extra bench --extra load \
+	$(COMPILE) $(LOCK_UPGRADE) --all-build-deps --extra test --extra bench --extra load --extra eval \
 	  -o $(DEV_LOCK) pyproject.toml client/pyproject.toml
 	cp $(DEV_LOCK) $(SERVICE_LOCK)
 	$(COMPILE) --all-build-deps -o $(SERVICE_LOCK) pyproject.toml
