@@ -61,7 +61,10 @@ def evaluate(source, *, predictions: str, labels: str, weights: str | None = Non
             if frame:
                 parts = on_dask.frame_tasks(source, columns, options)
             else:
-                parts = on_dask.file_tasks(resolve(source, file_format), columns, options, batch_rows)
+                files = resolve(source, file_format)
+                threads = sum(client.nthreads().values()) if client is not None else os.cpu_count() or 1
+                parts = on_dask.file_tasks(files, columns, options, batch_rows,
+                                           on_dask.piece_rows_for(files, threads))
             result = on_dask.evaluate_tasks(parts, client)
     else:
         from .local import evaluate_files

@@ -14,9 +14,12 @@ FORMATS = ("table", "json", "csv")
 
 def _quantiles(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(q) for q in text.split(",") if q.strip())
+        qs = tuple(float(q) for q in text.split(",") if q.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not all(0.0 <= q <= 1.0 for q in qs):
+        raise argparse.ArgumentTypeError(f"{text!r}: every quantile must be in [0, 1]")
+    return qs
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:

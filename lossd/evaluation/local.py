@@ -18,7 +18,7 @@ def _progress_bar(files: list[DataFile], columns: Columns, enabled: bool):
         return None
     from tqdm import tqdm
 
-    counts = [count_rows(f, columns) for f in files]
+    counts = [count_rows(f) for f in files]
     total = None if any(c is None for c in counts) else sum(counts)
     return tqdm(total=total, unit=" rows", unit_scale=True, desc="lossd eval", dynamic_ncols=True)
 

@@ -18,7 +18,8 @@ def rows(result, quantiles: tuple[float, ...] = (), weighted: bool = False) -> l
     """``{"key"?, "loss", "count", "sum", "mean", "std", "min", "max", "p50"..., "inf_count",
     "weight_sum"?}`` per group, groups in key order (one row without ``by``)."""
     def row(s) -> dict:
-        out = {"loss": s.loss if s.count else None}  # no rows: no loss
+        # no rows, or weights summing to 0: no mean loss
+        out = {"loss": s.loss if s.count and s.weight_sum > 0 else None}
         out.update(s.stats(quantiles) if s.count else {"count": 0})
         out["inf_count"] = s.inf_count
         if weighted:

@@ -114,8 +114,7 @@ def _check_type(f: DataFile, role: str, name: str, t: pa.DataType) -> None:
     if role == "by":
         if pa.types.is_dictionary(t):
             t = t.value_type
-        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
-                or pa.types.is_boolean(t)):
+        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
             raise DatasetError(f"column {name!r} (by) of {f.name} is {t}: group keys must be integers or strings")
         return
     if role in ("predictions", "labels") and (pa.types.is_fixed_size_list(t)):
@@ -124,27 +123,8 @@ def _check_type(f: DataFile, role: str, name: str, t: pa.DataType) -> None:
         raise DatasetError(f"column {name!r} ({role}) of {f.name} is {t}, not numbers")
 
 
-def file_format(f: DataFile, columns: Columns, use_threads: bool = True) -> pads.FileFormat:
-    if f.format == "parquet":
-        return pads.ParquetFileFormat()
-    if f.format == "ipc":
-        return pads.IpcFileFormat()
-    import pyarrow.csv as pacsv
-
-    # Numbers are read as float64 whatever the first block looks like: a column of 0/1
-    # labels (inferred int64) may hold 0.5 a million rows later.
-    types = {c: pa.float64() for c in (columns.predictions, columns.labels, columns.weights) if c}
-    return pads.CsvFileFormat(convert_options=pacsv.ConvertOptions(column_types=types),
-                              read_options=pacsv.ReadOptions(use_threads=use_threads))
-
-
-def dataset(f: DataFile, columns: Columns, use_threads: bool = True) -> pads.Dataset:
-    """The file as a pyarrow dataset, its needed columns checked for presence and type."""
-    try:
-        ds = pads.dataset(f.path, format=file_format(f, columns, use_threads), filesystem=f.filesystem)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise DatasetError(f"{f.name}: cannot read it as {f.format}: {_short(exc)}") from None
-    schema = ds.schema
+def check_schema(f: DataFile, columns: Columns, schema: pa.Schema) -> None:
+    """Every needed column present, of a type its role takes."""
     for role, name in (("predictions", columns.predictions), ("labels", columns.labels),
                        ("weights", columns.weights), ("by", columns.by)):
         if name is None:
@@ -153,7 +133,50 @@ def dataset(f: DataFile, columns: Columns, use_threads: bool = True) -> pads.Dat
             raise DatasetError(f"column {name!r} ({role}) is not in {f.name} (its columns: "
                                f"{', '.join(schema.names)})")
         _check_type(f, role, name, schema.field(name).type)
-    return ds
+
+
+CSV_BLOCK_BYTES = 1 << 24
+
+
+def _record_batches(f: DataFile, columns: Columns, batch_rows: int, row_groups: list[int] | None,
+                    use_threads: bool) -> Iterator[pa.RecordBatch]:
+    """The needed columns, pulled one record batch at a time: a reader decodes a batch
+    when asked for it, never ahead (pyarrow's dataset scanner reads ahead as fast as it
+    can, and Parquet's pre-buffering fetches every row group of a scan at once)."""
+    names = columns.names()
+    if f.format == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(f.filesystem.open_input_file(f.path), pre_buffer=False)
+        check_schema(f, columns, pf.schema_arrow)
+        yield from pf.iter_batches(batch_size=batch_rows, row_groups=row_groups, columns=names,
+                                   use_threads=use_threads)
+    elif f.format == "ipc":
+        schema = pa.ipc.open_file(f.filesystem.open_input_file(f.path)).schema
+        check_schema(f, columns, schema)
+        options = pa.ipc.IpcReadOptions(included_fields=[schema.get_field_index(n) for n in names],
+                                        use_threads=use_threads)
+        reader = pa.ipc.open_file(f.filesystem.open_input_file(f.path), options=options)
+        for i in range(reader.num_record_batches):
+            rb = reader.get_batch(i)
+            for start in range(0, rb.num_rows, batch_rows):
+                yield rb.slice(start, batch_rows)
+    else:
+        import pyarrow.csv as pacsv
+
+        # Numbers are read as float64 whatever the first block looks like: a column of 0/1
+        # labels (inferred int64) may hold 0.5 a million rows later.
+        types = {c: pa.float64() for c in (columns.predictions, columns.labels, columns.weights) if c}
+        header = pacsv.open_csv(f.filesystem.open_input_stream(f.path),
+                                read_options=pacsv.ReadOptions(block_size=1 << 16, use_threads=False))
+        check_schema(f, columns, pa.schema([pa.field(n, types.get(n, t)) for n, t in
+                                            zip(header.schema.names, header.schema.types)]))
+        reader = pacsv.open_csv(f.filesystem.open_input_stream(f.path),
+                                read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=use_threads),
+                                convert_options=pacsv.ConvertOptions(column_types=types, include_columns=names))
+        for rb in reader:
+            for start in range(0, rb.num_rows, batch_rows):
+                yield rb.slice(start, batch_rows)
 
 
 @dataclass
@@ -207,32 +230,23 @@ def batches(f: DataFile, columns: Columns, batch_rows: int, *, row_groups: list[
             first_row: int = 0, use_threads: bool = True) -> Iterator[Batch]:
     """The file's needed columns in record batches of at most ``batch_rows`` rows (only
     ``row_groups`` of a Parquet file when given, whose first row is ``first_row``)."""
-    ds = dataset(f, columns, use_threads)
-    # batch_readahead/fragment_readahead bound what pyarrow reads ahead of us: the memory
-    # bound is about (1 + readahead) batches of the needed columns
-    options = dict(columns=columns.names(), batch_size=batch_rows, batch_readahead=1, fragment_readahead=1,
-                   use_threads=use_threads)
-    if row_groups is not None:
-        (frag,) = ds.get_fragments()
-        scanner = frag.subset(row_group_ids=row_groups).scanner(schema=ds.schema, **options)
-    else:
-        scanner = ds.scanner(**options)
     row = first_row
     try:
-        for rb in scanner.to_batches():
+        for rb in _record_batches(f, columns, batch_rows, row_groups, use_threads):
             if rb.num_rows == 0:
                 continue
             yield to_batch(f, columns, row, rb)
             row += rb.num_rows
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise DatasetError(f"{f.name}: {_short(exc)}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise DatasetError(f"{f.name}: cannot read it as {f.format}: {_short(exc)}") from None
 
 
-def count_rows(f: DataFile, columns: Columns) -> int | None:
+def count_rows(f: DataFile) -> int | None:
     """Rows of a Parquet or IPC file from its metadata; None for CSV (known only by reading)."""
     if f.format == "csv":
         return None
-    return dataset(f, columns).count_rows()
+    fmt = pads.ParquetFileFormat() if f.format == "parquet" else pads.IpcFileFormat()
+    return pads.dataset(f.path, format=fmt, filesystem=f.filesystem).count_rows()
 
 
 def parquet_pieces(f: DataFile, target_rows: int) -> list[tuple[list[int], int, int]]:
