@@ -26,9 +26,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-# bench/ is sys.path[0] until use_checkout() takes it off
-import _common
-from _common import Check, checks_table, cores, cpu_model, footer_line, fmt, log, md_table, use_checkout
+# bench/ is sys.path[0] until use_checkout() takes it off; Dask's worker processes import
+# this file again (as __mp_main__) with their own sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+from _common import Check, checks_table, cores, cpu_model, footer_line, fmt, log, md_table, use_checkout  # noqa: E402
 
 use_checkout()  # also NUMBA_CACHE_DIR: before numba is imported
 
@@ -41,7 +43,7 @@ CELLS = ("read", "local", "local_wby", "dask1", "dask2", "sklearn", "spark")
 LABELS = {"read": "pyarrow read", "local": "lossd local", "local_wby": "lossd local, weights + by",
           "dask1": "Dask 1×1", "dask2": "Dask 2×1", "sklearn": "scikit-learn", "spark": "Spark"}
 LEGEND = {
-    "read": "`pyarrow.dataset` scanner over p, y in batches, each column `to_numpy` (zero-copy): the floor",
+    "read": "`pyarrow.parquet.ParquetFile.iter_batches` over p, y (lossd's reader and settings), each column `to_numpy` (zero-copy): the floor",
     "local": "`lossd.evaluate(path, predictions='p', labels='y')`: streamed in this process",
     "local_wby": "the same with `weights='w', by='g'` (100 groups)",
     "dask1": "`lossd.evaluate(..., scheduler=...)` on a LocalCluster of 1 worker process × 1 thread",
@@ -193,7 +195,9 @@ spark.range(10).count()  # the JVM and executors up before the clock
 t0 = time.perf_counter()
 df = spark.read.parquet(path).select("p", "y")
 q = F.lit(1.0) / (F.lit(1.0) + F.exp(-F.col("p")))
-df = df.select(F.col("y").alias("label"), array_to_vector(F.array(F.lit(1.0) - q, q)).alias("probability"))
+# the evaluator wants a prediction column too (logLoss does not read it)
+df = df.select(F.col("y").alias("label"), array_to_vector(F.array(F.lit(1.0) - q, q)).alias("probability"),
+               (q > 0.5).cast("double").alias("prediction"))
 v = MulticlassClassificationEvaluator(metricName="logLoss", labelCol="label", probabilityCol="probability").evaluate(df)
 print(json.dumps({"seconds": time.perf_counter() - t0, "value": v}))
 spark.stop()
@@ -259,6 +263,10 @@ def build_checks(res: dict) -> list[Check]:
     if "rel_diff" in sk:
         checks.append(Check("same answer as scikit-learn", f"rel. diff {sk['rel_diff']:.1e}", "≤ 1e-9",
                             sk["rel_diff"] <= 1e-9))
+    sp = res["spark"]
+    if "value" in sp and "value" in res["local"]:
+        d = abs(sp["value"] - res["local"]["value"]) / abs(res["local"]["value"])
+        checks.append(Check("same answer as Spark", f"rel. diff {d:.1e}", "≤ 1e-9", d <= 1e-9))
     values = {n: res[n]["value"] for n in ("local", "dask1", "dask2") if "value" in res[n]}
     if len(values) > 1:
         ref = values["local"] if "local" in values else next(iter(values.values()))
@@ -279,6 +287,8 @@ def report(res: dict, path: Path, rows: int, quick: bool, t_start: float) -> tup
         note = ""
         if "cluster_start_s" in r:
             note = f"cluster start {r['cluster_start_s']:.1f} s (not timed)"
+        if name == "spark":
+            note = "JVM in its own process: peak RSS is the Python driver's only"
         if name == "sklearn":
             note = f"{r['rows']:,} rows; lossd's answer differs by {r['rel_diff']:.1e} (relative)"
         read = rate(res["read"])
