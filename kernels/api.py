@@ -19,6 +19,7 @@ from ._compile import _block, _block_pointer, _compiled, _driver
 from ._planner import PARALLEL_MIN, _Plan, _plan
 from .errors import KernelError
 from .results import GradResult, LossResult
+from .summary import summary_of
 
 # Kept importable from here: service/codec_oip.py, tests and older callers use these.
 from ._checks import float32_values  # noqa: F401
@@ -61,9 +62,10 @@ def _weighted_mean_denominator(plan: _Plan) -> tuple[float, float]:
     return hi, lo + plan.k * plan.w.total_lo
 
 
-def _run(plan: _Plan, grad: bool):
+def _run(plan: _Plan, grad: bool, summary: bool = False, by=None):
     n = plan.pred.size
-    out = runtime._output_pool.empty(n) if (plan.reduction == "none" or plan.quantiles) else _NO_OUTPUT
+    keep = plan.reduction == "none" or plan.quantiles or summary
+    out = runtime._output_pool.empty(n) if keep else _NO_OUTPUT
     gout = runtime._output_pool.empty(n) if grad else _NO_OUTPUT
     weighted = plan.w.w.size > 0
     wden_hi, wden_lo = _weighted_mean_denominator(plan) if weighted else (1.0, 0.0)
@@ -96,6 +98,8 @@ def _run(plan: _Plan, grad: bool):
         raise KernelError(f"NaN {'gradient' if merged[9] and grad else 'loss'} from valid input "
                           f"(kind {plan.kind}, n = {n}): a lossd bug, no result is returned")
     stats = _stats(merged, out if plan.quantiles else None, plan.quantiles)
+    # out holds the unweighted losses here (weights multiply a copy, below)
+    summ = summary_of(out, plan.w.w, plan.k, by) if summary else None
     if plan.reduction == "mean":
         value = merged[7] if weighted else merged[2]
     elif plan.reduction == "sum":
@@ -111,7 +115,7 @@ def _run(plan: _Plan, grad: bool):
             with np.errstate(over="ignore"):  # w·l beyond the float range is inf
                 losses = np.multiply(losses, wcol, out=np.zeros_like(losses), where=wcol != 0.0)
     g = gout.reshape(plan.pred.shape) if grad else None
-    return (None if value is None else float(value)), losses, stats, g
+    return (None if value is None else float(value)), losses, stats, g, summ
 
 
 def loss(predictions, labels, *, input: str = "logits", loss: str = "cross_entropy",
@@ -127,7 +131,7 @@ def loss(predictions, labels, *, input: str = "logits", loss: str = "cross_entro
         predictions, labels, sample_weight = _as_float32(dtype, predictions, labels, sample_weight)
     plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
                  label_smoothing, eps, gamma, alpha, quantiles)
-    value, losses, stats, _ = _run(plan, grad=False)
+    value, losses, stats, _, _ = _run(plan, grad=False)
     if dtype != "float64":
         losses = _float32_result(losses)
     return LossResult(value, losses, stats)
@@ -144,7 +148,7 @@ def grad(predictions, labels, *, input: str = "logits", loss: str = "cross_entro
         predictions, labels, sample_weight = _as_float32(dtype, predictions, labels, sample_weight)
     plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
                  label_smoothing, eps, gamma, alpha, quantiles)
-    value, losses, stats, g = _run(plan, grad=True)
+    value, losses, stats, g, _ = _run(plan, grad=True)
     if dtype != "float64":
         losses, g = _float32_result(losses), _float32_result(g)
     return GradResult(value, g, losses, stats)
