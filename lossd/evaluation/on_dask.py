@@ -109,12 +109,8 @@ def _tree(parts: list, fan_in: int = FAN_IN):
 def piece_rows_for(files: list[DataFile], threads: int) -> int:
     """Rows per piece: PIECE_ROWS, or fewer so that every thread gets about 4 pieces
     (row groups are never cut, so a file of few row groups gives few pieces)."""
-    total = sum(f_rows for f_rows in (_parquet_rows(f) for f in files if f.format == "parquet"))
+    total = sum(rows for f in files if f.format == "parquet" for _, _, rows in parquet_pieces(f, 1))
     return max(1, min(PIECE_ROWS, -(-total // (4 * max(1, threads)))))
-
-
-def _parquet_rows(f: DataFile) -> int:
-    return sum(rows for _, _, rows in parquet_pieces(f, 1))
 
 
 def file_tasks(files: list[DataFile], columns: Columns, options: Options, batch_rows: int,
