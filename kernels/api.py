@@ -17,7 +17,7 @@ from . import runtime
 from ._checks import _as_float32, _first_bad, _float32_result, _quantile_key
 from ._compile import _block, _block_pointer, _compiled, _driver
 from ._planner import PARALLEL_MIN, _Plan, _plan
-from .errors import KernelError
+from .errors import InputError, KernelError
 from .results import GradResult, LossResult
 from .summary import summary_of
 
@@ -122,34 +122,43 @@ def loss(predictions, labels, *, input: str = "logits", loss: str = "cross_entro
          reduction: str = "mean", sample_weight=None, pos_weight=None,
          label_smoothing: float = 0.0, eps: float | None = None, gamma: float = 2.0,
          alpha: float | None = None, quantiles: float | Iterable[float] = (),
-         dtype: str = "float64") -> LossResult:
+         dtype: str = "float64", summary: bool = False) -> LossResult:
     """Loss of ``predictions`` (N or N×K) against ``labels``; see the README for forms.
     ``dtype="float32"``: the arrays are float32 values (predictions, labels and
     sample_weight rounded to float32 first) and the per-element array is returned as
-    float32; the computation stays float64."""
+    float32; the computation stays float64. ``summary=True`` adds ``.summary``, the
+    mergeable ``LossSummary`` of the losses (as ``summarize``)."""
     if dtype != "float64":
         predictions, labels, sample_weight = _as_float32(dtype, predictions, labels, sample_weight)
     plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
                  label_smoothing, eps, gamma, alpha, quantiles)
-    value, losses, stats, _, _ = _run(plan, grad=False)
+    value, losses, stats, _, summ = _run(plan, grad=False, summary=_flag("summary", summary))
     if dtype != "float64":
         losses = _float32_result(losses)
-    return LossResult(value, losses, stats)
+    return LossResult(value, losses, stats, summ)
 
 
 def grad(predictions, labels, *, input: str = "logits", loss: str = "cross_entropy",
          reduction: str = "mean", sample_weight=None, pos_weight=None,
          label_smoothing: float = 0.0, eps: float | None = None, gamma: float = 2.0,
          alpha: float | None = None, quantiles: float | Iterable[float] = (),
-         dtype: str = "float64") -> GradResult:
-    """d(reduced loss)/d(predictions), with the loss and its statistics; ``dtype`` as
-    in ``loss``."""
+         dtype: str = "float64", summary: bool = False) -> GradResult:
+    """d(reduced loss)/d(predictions), with the loss and its statistics; ``dtype`` and
+    ``summary`` as in ``loss``."""
     if dtype != "float64":
         predictions, labels, sample_weight = _as_float32(dtype, predictions, labels, sample_weight)
     plan = _plan(predictions, labels, input, loss, reduction, sample_weight, pos_weight,
                  label_smoothing, eps, gamma, alpha, quantiles)
-    value, losses, stats, g, _ = _run(plan, grad=True)
+    value, losses, stats, g, summ = _run(plan, grad=True, summary=_flag("summary", summary))
     if dtype != "float64":
         losses, g = _float32_result(losses), _float32_result(g)
-    return GradResult(value, g, losses, stats)
+    return GradResult(value, g, losses, stats, summ)
+
+
+def _flag(name: str, v) -> bool:
+    if v is True or v is False:
+        return v
+    if isinstance(v, np.bool_):
+        return bool(v)
+    raise InputError(name, f"must be true or false, got {v!r:.40}")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import numpy as np
 
 
@@ -15,6 +17,7 @@ class LossResult:
     loss: float | None
     losses: np.ndarray | None
     stats: dict[str, float] = field(default_factory=dict)
+    summary: Any = None  # a LossSummary with summary=True
 
 
 @dataclass(slots=True)
@@ -26,6 +29,7 @@ class GradResult:
     grad: np.ndarray
     losses: np.ndarray | None
     stats: dict[str, float] = field(default_factory=dict)
+    summary: Any = None  # a LossSummary with summary=True
 
 
 @dataclass(frozen=True, slots=True)

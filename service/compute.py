@@ -35,6 +35,7 @@ def compute(request: Request, max_elements: int | None = None) -> Result:
         o = request.options
         return fn(request.predictions, request.labels, sample_weight=request.sample_weight, input=o.input,
                   loss=o.loss, reduction=o.reduction, pos_weight=o.pos_weight, label_smoothing=o.label_smoothing,
-                  eps=o.eps, gamma=o.gamma, alpha=o.alpha, quantiles=o.quantiles, dtype=o.dtype)
+                  eps=o.eps, gamma=o.gamma, alpha=o.alpha, quantiles=o.quantiles, dtype=o.dtype,
+                  summary=o.summary)
     except InputError as exc:
         raise RequestError.from_kernel(exc) from None

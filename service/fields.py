@@ -57,7 +57,7 @@ TENSOR_OPTIONS = ("pos_weight", "intercept")  # options that may come as an OIP 
 PREDICTIONS_OPTIONS = MappingProxyType({
     "input": "logits", "loss": "cross_entropy", "reduction": "mean", "pos_weight": None,
     "label_smoothing": 0.0, "eps": None, "gamma": 2.0, "alpha": None, "quantiles": (),
-    "dtype": "float64",
+    "dtype": "float64", "summary": False,
 })
 # Scalar options of /grad wrt params (``logreg_grad``'s keywords and defaults).
 PARAMS_OPTIONS = MappingProxyType({"intercept": 0.0, "l2": 0.0})
@@ -68,9 +68,17 @@ OPERATIONS = ("loss", "grad")  # the JSON routes /loss, /grad and the OIP models
 
 STATS = ("count", "sum", "mean", "std", "min", "max")  # then one pNN per quantile asked
 _ARRAY_OUT = {"datatypes": "FP64,FP32"}  # FP32 with the option dtype = float32
+_SUMMARY_OUT = {"content_type": "base64"}  # with JSON data (see OUTPUT_DATATYPES)
 # OIP outputs of each model: (name, metadata shape, metadata parameters)
 OIP_OUTPUTS: MappingProxyType[str, tuple[tuple[str, tuple[int, ...], dict], ...]] = MappingProxyType({
-    "loss": (("loss", (1,), {}), ("losses", (-1, -1), _ARRAY_OUT), *((s, (1,), {}) for s in STATS)),
+    "loss": (("loss", (1,), {}), ("losses", (-1, -1), _ARRAY_OUT), *((s, (1,), {}) for s in STATS),
+             ("summary", (1,), _SUMMARY_OUT)),
     "grad": (("loss", (1,), {}), ("losses", (-1, -1), _ARRAY_OUT), ("grad", (-1, -1), _ARRAY_OUT),
-             ("coef_grad", (-1,), {}), ("intercept_grad", (1,), {}), *((s, (1,), {}) for s in STATS)),
+             ("coef_grad", (-1,), {}), ("intercept_grad", (1,), {}), *((s, (1,), {}) for s in STATS),
+             ("summary", (1,), _SUMMARY_OUT)),
 })
+# An output's OIP datatype when not FP64. ``summary`` (the option summary = true): one
+# BYTES element, LossSummary.to_bytes(); as JSON data it is base64 text (MLServer's
+# "base64" content type), as binary data or over gRPC the bytes themselves.
+OUTPUT_DATATYPES = MappingProxyType({"summary": "BYTES"})
+SUMMARY_CONTENT_TYPE = "base64"

@@ -48,6 +48,7 @@ class Options:
     alpha: float | None = fields.PREDICTIONS_OPTIONS["alpha"]
     quantiles: tuple[float, ...] = fields.PREDICTIONS_OPTIONS["quantiles"]
     dtype: str = fields.PREDICTIONS_OPTIONS["dtype"]
+    summary: bool = fields.PREDICTIONS_OPTIONS["summary"]
 
     def kwargs(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in _OPTION_NAMES}

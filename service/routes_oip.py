@@ -30,7 +30,7 @@ def metadata_of(name: str) -> dict[str, Any]:
         "inputs": [{"name": t.name, "datatype": "FP64", "shape": list(t.shape),
                     "parameters": {"datatypes": ",".join(sorted(t.datatypes, key=fields.PREFERRED_TYPES.index))}}
                    for t in fields.OIP_INPUTS[name]],
-        "outputs": [{"name": out, "datatype": "FP64", "shape": list(shape), **({"parameters": params} if params else {})}
+        "outputs": [{"name": out, "datatype": fields.OUTPUT_DATATYPES.get(out, "FP64"), "shape": list(shape), **({"parameters": params} if params else {})}
                     for out, shape, params in fields.OIP_OUTPUTS[name]],
     }
 

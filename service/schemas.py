@@ -76,6 +76,11 @@ class LossOptions(BaseModel):
         "(each number rounded to the nearest float32; a finite one beyond the float32 range is a 422 "
         "naming field and index) and losses/grad are returned as float32. The kernels compute in "
         "float64 either way; every path and transport gives the same bits.")
+    summary: bool = Field(_D["summary"], description="true: the response adds `summary`, the mergeable state "
+                          "of the per-element losses (count, double-double Σl, Σw·l and Σw, M2, min, max, "
+                          "number of infinite losses, a KLL quantile sketch): merge the states of requests "
+                          "that shard one evaluation (lossd_client.LossSummary). Over OIP a BYTES output "
+                          "`summary` (LossSummary.to_bytes). No group-by over the service.")
 
 
     @field_validator("pos_weight")
@@ -159,6 +164,21 @@ class Stats(BaseModel):
     max: Float
 
 
+class SummaryState(BaseModel):
+    """LossSummary.to_dict(): exact floats (±inf as strings), sums as double-doubles."""
+
+    version: int
+    count: int
+    inf_count: int
+    sum: list[Number] = Field(description="Σ l as [hi, lo], hi + lo within 1 ulp of the exact sum.")
+    weighted_sum: list[Number] = Field(description="Σ w·l as [hi, lo].")
+    weight_sum: list[Number] = Field(description="Σ w as [hi, lo] (a row's weight once per column).")
+    m2: Number = Field(description="Σ (l - mean)², merged by Chan's formula.")
+    min: Number
+    max: Number
+    sketch: str = Field(description="base64 of the Apache DataSketches KLL sketch (k = 200).")
+
+
 class LossResponse(BaseModel):
     loss: Float | None = Field(description="The reduced loss; null for reduction none.")
     losses: Vector | Matrix | None = Field(description="Per-element losses for reduction none.")
@@ -166,6 +186,7 @@ class LossResponse(BaseModel):
     input: Input
     loss_type: LossName
     reduction: Reduction
+    summary: SummaryState | None = Field(None, description="Only with summary = true.")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "loss": 0.3133, "losses": None, "stats": {"count": 4, "sum": 1.25, "mean": 0.31,

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                   "FP32", "FP64"]
+                   "FP32", "FP64", "BYTES"]  # BYTES: the summary output only
 # OIP parameters are scalars; lists (quantiles, accepted datatypes) are comma-separated
 Parameters = dict[str, str | int | float | bool]
 # a request's options may also be a list (quantiles, pos_weight) or null (the default),
@@ -77,8 +77,9 @@ class ResponseOutput(BaseModel):
     name: str
     datatype: Datatype
     shape: list[int]
-    parameters: Parameters | None = Field(None, description="binary_data_size for a binary output.")
-    data: list | None = Field(None, description="Row-major values; ±inf and NaN as strings.")
+    parameters: Parameters | None = Field(None, description="binary_data_size for a binary output; "
+                                          "content_type = base64 for the BYTES output summary as JSON data.")
+    data: list | None = Field(None, description="Row-major values; ±inf and NaN as strings; BYTES as base64 text.")
 
 
 class InferenceResponse(BaseModel):

@@ -74,9 +74,9 @@ def test_model_ready_and_unknown_model(triton, server):
 
 @pytest.mark.parametrize("model,inputs,outputs", [
     ("loss", {"predictions", "labels", "sample_weight", "pos_weight"},
-     {"loss", "losses", *STATS}),
+     {"loss", "losses", *STATS, "summary"}),
     ("grad", {"predictions", "labels", "sample_weight", "pos_weight", "features", "coef", "intercept"},
-     {"loss", "losses", "grad", "coef_grad", "intercept_grad", *STATS}),
+     {"loss", "losses", "grad", "coef_grad", "intercept_grad", *STATS, "summary"}),
 ])
 def test_model_metadata(triton, model, inputs, outputs):
     meta = triton.get_model_metadata(model)
@@ -85,7 +85,8 @@ def test_model_metadata(triton, model, inputs, outputs):
     assert {t["name"] for t in meta["inputs"]} == inputs
     assert {t["name"] for t in meta["outputs"]} == outputs
     for t in meta["inputs"] + meta["outputs"]:
-        assert t["datatype"] in ("FP32", "FP64"), t
+        # BYTES: the summary output (the option summary = true)
+        assert t["datatype"] in (("BYTES",) if t["name"] == "summary" else ("FP32", "FP64")), t
         assert t["shape"] and all(isinstance(d, int) and (d == -1 or d > 0) for d in t["shape"]), t
     by_name = {t["name"]: t for t in meta["inputs"] + meta["outputs"]}
     # variable dimensions are -1; the scalar outputs are [1]

@@ -132,7 +132,10 @@ def test_openapi_params_request_and_responses(openapi):
     for name in ("predictions", "input", "loss", "reduction"):
         assert name not in props
     lr = schemas["LossResponse"]["properties"]
-    assert set(lr) == {"loss", "losses", "stats", "input", "loss_type", "reduction"}
+    assert set(lr) == {"loss", "losses", "stats", "input", "loss_type", "reduction", "summary"}
+    assert "summary" not in schemas["LossResponse"].get("required", [])  # only with summary = true
+    state = schemas["SummaryState"]["properties"]
+    assert {"count", "inf_count", "sum", "weighted_sum", "weight_sum", "m2", "min", "max", "sketch"} <= set(state)
     stats = _resolve(openapi, lr["stats"])
     assert {"count", "sum", "mean", "std", "min", "max"} <= set(stats["properties"])
     gr = schemas["GradResponse"]["properties"]

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lossd.kernels import InputError, LossSummary, loss, merge_groups, summarize
+from lossd.kernels import InputError, LossSummary, grad, loss, merge_groups, summarize
 from lossd.kernels._summary_state import KLL_RANK_ERROR
 from lossd.kernels.summary import summary_of
 from profiles import examples
@@ -212,6 +212,12 @@ def test_agrees_with_loss_and_its_stats(opts, k, weighted):
         assert s.stats()[key] == mean.stats[key]
     assert ulps(s.sum, mean.stats["sum"]) <= 1 and ulps(s.mean, mean.stats["mean"]) <= 1
     assert s.std == pytest.approx(mean.stats["std"], rel=1e-12)
+    # loss(..., summary=True) and grad(..., summary=True) carry the same state
+    for r in (loss(pred, lab, sample_weight=w, summary=True, **opts),
+              loss(pred, lab, sample_weight=w, reduction="none", summary=True, **opts),
+              grad(pred, lab, sample_weight=w, summary=True, **opts)):
+        assert state(r.summary) == state(s)
+    assert loss(pred, lab, **opts).summary is None
 
 
 def test_float32_inputs():
@@ -306,6 +312,8 @@ def test_errors_are_the_kernels(kwargs):
     with pytest.raises(InputError) as got:
         summarize(**args)
     assert str(got.value) == str(want.value)
+    with pytest.raises(InputError, match="summary"):
+        loss(np.zeros(2), np.ones(2), summary="yes")
 
 
 def test_serialisation_round_trips_bit_for_bit():

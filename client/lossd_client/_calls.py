@@ -19,13 +19,13 @@ from ._errors import LossdError
 from ._results import GradResult, LossResult, ParamGrad
 
 # Outputs that are not statistics; every other output is a ``stats`` key.
-_NOT_STATS = frozenset({"loss", "losses", "grad", "coef_grad", "intercept_grad"})
+_NOT_STATS = frozenset({"loss", "losses", "grad", "coef_grad", "intercept_grad", "summary"})
 
 # The service's contract (``lossd.service.fields``), mirrored: the client must not import
 # the service. tests/test_fields.py checks that the two agree.
 LOSS_DEFAULTS = {"input": "logits", "loss": "cross_entropy", "reduction": "mean", "pos_weight": None,
                  "label_smoothing": 0.0, "eps": None, "gamma": 2.0, "alpha": None, "quantiles": (),
-                 "dtype": "float64"}
+                 "dtype": "float64", "summary": False}
 PARAMS_DEFAULTS = {"intercept": 0.0, "l2": 0.0}
 INPUTS = {"loss": ("predictions", "labels", "sample_weight", "pos_weight"),
           "grad": ("predictions", "labels", "sample_weight", "pos_weight", "features", "coef", "intercept")}
@@ -90,7 +90,8 @@ def _quantiles(quantiles: Any) -> str | None:
 
 
 def loss_parameters(*, input: Any, loss: Any, reduction: Any, label_smoothing: Any, eps: Any,
-                    gamma: Any, alpha: Any, quantiles: Sequence[float], dtype: Any) -> dict[str, Any]:
+                    gamma: Any, alpha: Any, quantiles: Sequence[float], dtype: Any,
+                    summary: Any = False) -> dict[str, Any]:
     """The request parameters for the scalar options that differ from the defaults."""
     params: dict[str, Any] = {}
     for key, value in (("input", input), ("loss", loss), ("reduction", reduction), ("dtype", dtype)):
@@ -106,6 +107,8 @@ def loss_parameters(*, input: Any, loss: Any, reduction: Any, label_smoothing: A
     q = _quantiles(quantiles)
     if q is not None:
         params["quantiles"] = q
+    if summary is not False:  # anything but a bool is sent, for the server to refuse
+        params["summary"] = summary
     return params
 
 
@@ -166,15 +169,31 @@ def _stats(outputs: Outputs) -> dict[str, float]:
     return stats
 
 
+def _summary(named: dict[str, np.ndarray]) -> Any:
+    """The ``summary`` output (one BYTES element) as a ``LossSummary``, or None."""
+    arr = named.get("summary")
+    if arr is None:
+        return None
+    try:
+        from ._summary_state import LossSummary  # needs datasketches: lossd-client[summary]
+    except ImportError as exc:
+        raise LossdError(200, f"summary=True needs the datasketches package (pip install "
+                              f"'lossd-client[summary]'): {exc}") from None
+    try:
+        return LossSummary.from_bytes(arr.reshape(-1)[0])
+    except (ValueError, IndexError) as exc:
+        raise LossdError(200, f"malformed inference response: output 'summary': {exc}") from None
+
+
 def to_loss_result(outputs: Outputs) -> LossResult:
     named = dict(outputs)
-    return LossResult(_float(named.get("loss")), named.get("losses"), _stats(outputs))
+    return LossResult(_float(named.get("loss")), named.get("losses"), _stats(outputs), _summary(named))
 
 
 def to_grad_result(outputs: Outputs) -> GradResult:
     named = dict(outputs)
     return GradResult(_float(named.get("loss")), _required(named, "grad"), named.get("losses"),
-                      _stats(outputs))
+                      _stats(outputs), _summary(named))
 
 
 def to_param_grad(outputs: Outputs) -> ParamGrad:

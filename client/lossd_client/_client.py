@@ -92,23 +92,23 @@ class Client(_Base):
              loss: str = "cross_entropy", reduction: str = "mean", sample_weight: ArrayLike | None = None,
              pos_weight: ArrayLike | float | None = None, label_smoothing: float = 0.0,
              eps: float | None = None, gamma: float = 2.0, alpha: float | None = None,
-             quantiles: Sequence[float] = (), dtype: str = "float64") -> LossResult:
+             quantiles: Sequence[float] = (), dtype: str = "float64", summary: bool = False) -> LossResult:
         """``kernels.loss`` on the server (same arguments, same result)."""
         return self._infer(loss_call(
             "loss", predictions, labels, sample_weight=sample_weight, pos_weight=pos_weight, input=input,
             loss=loss, reduction=reduction, label_smoothing=label_smoothing, eps=eps, gamma=gamma,
-            alpha=alpha, quantiles=quantiles, dtype=dtype))
+            alpha=alpha, quantiles=quantiles, dtype=dtype, summary=summary))
 
     def grad(self, predictions: ArrayLike, labels: ArrayLike, *, input: str = "logits",
              loss: str = "cross_entropy", reduction: str = "mean", sample_weight: ArrayLike | None = None,
              pos_weight: ArrayLike | float | None = None, label_smoothing: float = 0.0,
              eps: float | None = None, gamma: float = 2.0, alpha: float | None = None,
-             quantiles: Sequence[float] = (), dtype: str = "float64") -> GradResult:
+             quantiles: Sequence[float] = (), dtype: str = "float64", summary: bool = False) -> GradResult:
         """``kernels.grad`` on the server (same arguments, same result)."""
         return self._infer(loss_call(
             "grad", predictions, labels, sample_weight=sample_weight, pos_weight=pos_weight, input=input,
             loss=loss, reduction=reduction, label_smoothing=label_smoothing, eps=eps, gamma=gamma,
-            alpha=alpha, quantiles=quantiles, dtype=dtype))
+            alpha=alpha, quantiles=quantiles, dtype=dtype, summary=summary))
 
     def logreg_grad(self, features: ArrayLike, labels: ArrayLike, coef: ArrayLike, intercept: float = 0.0, *,
                     sample_weight: ArrayLike | None = None, l2: float = 0.0) -> ParamGrad:
@@ -174,23 +174,23 @@ class AsyncClient(_Base):
                    loss: str = "cross_entropy", reduction: str = "mean", sample_weight: ArrayLike | None = None,
                    pos_weight: ArrayLike | float | None = None, label_smoothing: float = 0.0,
                    eps: float | None = None, gamma: float = 2.0, alpha: float | None = None,
-                   quantiles: Sequence[float] = (), dtype: str = "float64") -> LossResult:
+                   quantiles: Sequence[float] = (), dtype: str = "float64", summary: bool = False) -> LossResult:
         """``kernels.loss`` on the server (same arguments, same result)."""
         return await self._infer(loss_call(
             "loss", predictions, labels, sample_weight=sample_weight, pos_weight=pos_weight, input=input,
             loss=loss, reduction=reduction, label_smoothing=label_smoothing, eps=eps, gamma=gamma,
-            alpha=alpha, quantiles=quantiles, dtype=dtype))
+            alpha=alpha, quantiles=quantiles, dtype=dtype, summary=summary))
 
     async def grad(self, predictions: ArrayLike, labels: ArrayLike, *, input: str = "logits",
                    loss: str = "cross_entropy", reduction: str = "mean", sample_weight: ArrayLike | None = None,
                    pos_weight: ArrayLike | float | None = None, label_smoothing: float = 0.0,
                    eps: float | None = None, gamma: float = 2.0, alpha: float | None = None,
-                   quantiles: Sequence[float] = (), dtype: str = "float64") -> GradResult:
+                   quantiles: Sequence[float] = (), dtype: str = "float64", summary: bool = False) -> GradResult:
         """``kernels.grad`` on the server (same arguments, same result)."""
         return await self._infer(loss_call(
             "grad", predictions, labels, sample_weight=sample_weight, pos_weight=pos_weight, input=input,
             loss=loss, reduction=reduction, label_smoothing=label_smoothing, eps=eps, gamma=gamma,
-            alpha=alpha, quantiles=quantiles, dtype=dtype))
+            alpha=alpha, quantiles=quantiles, dtype=dtype, summary=summary))
 
     async def logreg_grad(self, features: ArrayLike, labels: ArrayLike, coef: ArrayLike, intercept: float = 0.0,
                           *, sample_weight: ArrayLike | None = None, l2: float = 0.0) -> ParamGrad:

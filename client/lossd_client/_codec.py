@@ -10,6 +10,7 @@ Pure functions only: no HTTP here, so the sync and async clients share all of it
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Mapping
@@ -135,9 +136,19 @@ def _outputs(header_length: str | None, content: bytes) -> Outputs:
     out: Outputs = []
     offset = 0
     for o in json.loads(head)["outputs"]:
-        dtype = _NUMPY[o["datatype"]]
         shape = tuple(int(d) for d in o["shape"])
         size = (o.get("parameters") or {}).get("binary_data_size")
+        if o["datatype"] == "BYTES":  # the summary output
+            if size is None:
+                arr = _bytes_json(o)
+            else:
+                if offset + size > len(blob):
+                    raise ValueError(f"output {o['name']!r}: binary_data_size = {size} is beyond the body")
+                arr = _bytes_elements(bytes(blob[offset:offset + size]), math.prod(shape))
+                offset += size
+            out.append((o["name"], arr.reshape(shape)))
+            continue
+        dtype = _NUMPY[o["datatype"]]
         if size is None:
             arr = _json_tensor(o["data"], dtype).reshape(shape)
         else:
@@ -149,6 +160,35 @@ def _outputs(header_length: str | None, content: bytes) -> Outputs:
             arr = raw.astype(dtype.newbyteorder("=")).reshape(shape)
             offset += size
         out.append((o["name"], arr))
+    return out
+
+
+def _bytes_elements(raw: bytes, count: int) -> np.ndarray:
+    """Triton's BYTES serialisation (each element a 4-byte little-endian length, then
+    the bytes) as an object array of ``count`` bytes objects."""
+    out = np.empty(count, dtype=object)
+    i = 0
+    for j in range(count):
+        if i + 4 > len(raw):
+            raise ValueError("BYTES output truncated")
+        n = int.from_bytes(raw[i:i + 4], "little")
+        if i + 4 + n > len(raw):
+            raise ValueError("BYTES output truncated")
+        out[j] = raw[i + 4:i + 4 + n]
+        i += 4 + n
+    if i != len(raw):
+        raise ValueError(f"BYTES output has {len(raw) - i} bytes beyond its {count} elements")
+    return out
+
+
+def _bytes_json(o: dict) -> np.ndarray:
+    """A BYTES output as JSON data: base64 text (content_type "base64", MLServer's)."""
+    if (o.get("parameters") or {}).get("content_type") != "base64":
+        raise ValueError(f"output {o['name']!r}: BYTES data without content_type base64")
+    items = o["data"] if isinstance(o["data"], list) else [o["data"]]
+    out = np.empty(len(items), dtype=object)
+    for j, text in enumerate(items):
+        out[j] = base64.b64decode(text, validate=True)
     return out
 
 

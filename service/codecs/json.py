@@ -443,8 +443,12 @@ def payload(decoded: Decoded, result: Result) -> dict[str, Any]:
     o = request.options
     header = {"input": o.input, "loss_type": o.loss, "reduction": o.reduction}
     if request.op == "loss":
-        return {"loss": result.loss, "losses": result.losses, "stats": result.stats, **header}
-    return {"loss": result.loss, "grad": result.grad, "losses": result.losses, "stats": result.stats, **header}
+        out = {"loss": result.loss, "losses": result.losses, "stats": result.stats, **header}
+    else:
+        out = {"loss": result.loss, "grad": result.grad, "losses": result.losses, "stats": result.stats, **header}
+    if result.summary is not None:  # only when asked (summary = true)
+        out["summary"] = result.summary.to_dict()
+    return out
 
 
 CODEC = JsonCodec()

@@ -28,6 +28,8 @@ _NAMES = {np.dtype(v).newbyteorder("="): k for k, v in DATATYPES.items()}
 
 
 def datatype_of(arr: np.ndarray) -> str:
+    if arr.dtype.kind == "O":  # an array of bytes objects (the summary output)
+        return "BYTES"
     name = _NAMES.get(arr.dtype)  # a native dtype equals its "=" form: no new dtype to make
     return name if name is not None else _NAMES[arr.dtype.newbyteorder("=")]
 
@@ -84,8 +86,19 @@ def reshape(name: str, arr: np.ndarray, shape: list[int], where: tuple = ()) -> 
 
 
 def output_bytes(arr: np.ndarray) -> bytes:
-    """An output's raw bytes: row-major, little-endian."""
+    """An output's raw bytes: row-major, little-endian; BYTES elements each as a 4-byte
+    little-endian length and the bytes (Triton's serialisation, which tritonclient reads)."""
+    if arr.dtype.kind == "O":
+        return b"".join(len(b).to_bytes(4, "little") + b for b in arr.reshape(-1).tolist())
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def output_array(arr: np.ndarray) -> np.ndarray:
+    """An output as the little-endian array whose bytes go on the wire (BYTES serialised
+    as ``output_bytes``, into uint8)."""
+    if arr.dtype.kind == "O":
+        return np.frombuffer(output_bytes(arr), dtype=np.uint8)
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))  # no copy if it is
 
 
 def frame(header: bytes, blobs: list[bytes]) -> tuple[bytes, dict[str, str]]:

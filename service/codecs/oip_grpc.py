@@ -28,7 +28,7 @@ from ..shm import Registry
 from ..grpc_gen import grpc_predict_v2_pb2 as pb
 from . import oip_binary, oip_json
 from .base import Decoded
-from .oip_binary import DATATYPES, datatype_of
+from .oip_binary import DATATYPES, datatype_of, output_array
 
 MODELS = fields.OPERATIONS
 _RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
@@ -193,7 +193,7 @@ def encode_response(model: str, rid: str | None, outputs: list[tuple[str, np.nda
     parts: list[Any] = [b""]
     for name, arr in outputs:
         out = msg.outputs.add(name=name, datatype=datatype_of(arr), shape=list(arr.shape))
-        data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        data = output_array(arr)
         span = shm_outputs.get(name)
         if span is not None and shm is not None:
             shm.write(name, span, data)

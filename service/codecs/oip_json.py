@@ -14,6 +14,7 @@ request's parameters are the options, named as the JSON API's fields; a per-colu
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -420,7 +421,7 @@ def encode_response(resp: InferResponse, binary: dict[str, bool], parameters: di
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape)}
         span = shm_outputs.get(name)
         if span is not None and shm is not None:
-            data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))  # no copy if it is
+            data = oip_binary.output_array(arr)
             shm.write(name, span, data)
             entry["parameters"] = {"shared_memory_region": span[0], "shared_memory_byte_size": data.nbytes,
                                    **({"shared_memory_offset": span[3]} if span[3] else {})}
@@ -428,6 +429,9 @@ def encode_response(resp: InferResponse, binary: dict[str, bool], parameters: di
             data = oip_binary.output_bytes(arr)
             entry["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)
+        elif arr.dtype.kind == "O":  # BYTES as JSON: base64 text
+            entry["parameters"] = {"content_type": fields.SUMMARY_CONTENT_TYPE}
+            entry["data"] = [base64.b64encode(b).decode("ascii") for b in arr.reshape(-1).tolist()]
         else:
             entry["data"] = _json_data(arr)
         outs.append(entry)
@@ -573,6 +577,10 @@ def outputs_of(result: Result) -> list[tuple[str, np.ndarray]]:
         out.append(("grad", g))
     for key, value in (result.stats or {}).items():
         out.append((key, np.array([value], dtype=np.float64)))
+    if result.summary is not None:
+        blob = np.empty(1, dtype=object)
+        blob[0] = result.summary.to_bytes()
+        out.append(("summary", blob))
     return out
 
 
