@@ -201,6 +201,9 @@ def test_cli_json_is_exact(files, table):
             assert abs(rank - q) <= KLL_RANK_ERROR + 1 / mine.size, (g["key"], q, rank)
         assert (math.inf if g["loss"] == "Infinity" else g["loss"]) == s.loss
         assert g["weight_sum"] == s.weight_sum and g["inf_count"] == s.inf_count
+    total = out["total"]
+    assert total["count"] == N and total["inf_count"] == 1 and total["loss"] == "Infinity"
+    assert total["min"] == min(g["min"] for g in out["groups"])
 
 
 def test_cli_table_and_csv(files):

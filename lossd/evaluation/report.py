@@ -37,9 +37,12 @@ def _json_value(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def to_json(table: list[dict], grouped: bool) -> str:
+def to_json(table: list[dict], grouped: bool, total: dict | None = None) -> str:
     clean = [{k: _json_value(v) for k, v in r.items()} for r in table]
-    return json.dumps({"groups": clean} if grouped else clean[0], allow_nan=False)
+    if not grouped:
+        return json.dumps(clean[0], allow_nan=False)
+    return json.dumps({"groups": clean, "total": {k: _json_value(v) for k, v in (total or {}).items()}},
+                      allow_nan=False)
 
 
 def to_csv(table: list[dict]) -> str:
@@ -72,7 +75,12 @@ def render(result, fmt: str, quantiles: tuple[float, ...] = (), weighted: bool =
     table = rows(result, quantiles, weighted)
     grouped = isinstance(result, dict)
     if fmt == "json":
-        return to_json(table, grouped) + "\n"
+        if grouped:  # every group merged: the whole dataset's row beside the groups'
+            from lossd.kernels import LossSummary
+
+            total = rows(LossSummary.merge_all(result.values()), quantiles, weighted)[0]
+            return to_json(table, True, total) + "\n"
+        return to_json(table, False) + "\n"
     if fmt == "csv":
         return to_csv(table)
     return to_table(table)

@@ -117,7 +117,7 @@ def _check_type(f: DataFile, role: str, name: str, t: pa.DataType) -> None:
         if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
             raise DatasetError(f"column {name!r} (by) of {f.name} is {t}: group keys must be integers or strings")
         return
-    if role in ("predictions", "labels") and (pa.types.is_fixed_size_list(t)):
+    if role in ("predictions", "labels") and pa.types.is_fixed_size_list(t):
         t = t.value_type  # N×K: one fixed-size list per row
     if not _numeric(t):
         raise DatasetError(f"column {name!r} ({role}) of {f.name} is {t}, not numbers")
