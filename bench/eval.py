@@ -97,13 +97,24 @@ def _maxrss_mib() -> float:
 
 
 def _warm_kernels() -> None:
+    """Load every kernel a cell runs, serial and parallel (large arrays), before the clock."""
     import numpy as np
 
     from lossd import kernels
 
-    s = np.linspace(-3, 3, 1000)
-    kernels.summarize(s, (s > 0).astype(np.float64))
-    kernels.summarize(s, (s > 0).astype(np.float64), sample_weight=np.ones(1000), by=np.arange(1000) % 7)
+    for n in (1000, 1 << 20):
+        s = np.linspace(-3, 3, n)
+        y = (s > 0).astype(np.float64)
+        kernels.summarize(s, y)
+        kernels.summarize(s, y, sample_weight=np.ones(n), by=np.arange(n, dtype=np.int32) % 7)
+
+
+def _warm_worker(path: str) -> None:
+    """In a Dask worker: the kernels and the reading code (pyarrow.parquet, ...) loaded."""
+    import lossd
+
+    _warm_kernels()
+    lossd.evaluate(path, predictions="p", labels="y")
 
 
 def cell_read(path: Path, rows: int) -> dict:
@@ -153,8 +164,9 @@ def cell_dask(path: Path, rows: int, workers: int) -> dict:
     with client_for(None, workers) as client:
         started = time.perf_counter() - t0
         address = client.scheduler.address
+        client.run(_warm_worker, str(warm))  # every worker, not only those a small file reaches
         with Client(address):
-            lossd.evaluate(str(warm), predictions="p", labels="y", scheduler=address)  # workers load the kernels
+            lossd.evaluate(str(warm), predictions="p", labels="y", scheduler=address)
         t1 = time.perf_counter()
         r = lossd.evaluate(str(path), predictions="p", labels="y", scheduler=address)
         seconds = time.perf_counter() - t1
