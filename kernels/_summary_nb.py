@@ -107,3 +107,27 @@ def _build_accumulate():
 
 
 accumulate = _build_accumulate()
+
+
+def _build_grouped():
+    STAMP = _STAMP
+
+    @njit(cache=True, nogil=True)
+    def grouped(losses, k, groups, starts):
+        """The losses reordered group by group (a counting sort: O(n), stable, so each
+        group's losses keep their order); group g at [starts[g], starts[g + 1])."""
+        _ = STAMP
+        pos = starts[:-1].copy()
+        out = np.empty(losses.size)
+        for r in range(losses.size // k):
+            g = groups[r]
+            p = pos[g]
+            for c in range(k):
+                out[p + c] = losses[r * k + c]
+            pos[g] = p + k
+        return out
+
+    return grouped
+
+
+grouped = _build_grouped()

@@ -62,7 +62,7 @@ def _weighted_mean_denominator(plan: _Plan) -> tuple[float, float]:
     return hi, lo + plan.k * plan.w.total_lo
 
 
-def _run(plan: _Plan, grad: bool, summary: bool = False, by=None):
+def _run(plan: _Plan, grad: bool, summary: bool = False, by=None, sketch: bool = True):
     n = plan.pred.size
     keep = plan.reduction == "none" or plan.quantiles or summary
     out = runtime._output_pool.empty(n) if keep else _NO_OUTPUT
@@ -99,7 +99,7 @@ def _run(plan: _Plan, grad: bool, summary: bool = False, by=None):
                           f"(kind {plan.kind}, n = {n}): a lossd bug, no result is returned")
     stats = _stats(merged, out if plan.quantiles else None, plan.quantiles)
     # out holds the unweighted losses here (weights multiply a copy, below)
-    summ = summary_of(out, plan.w.w, plan.k, by) if summary else None
+    summ = summary_of(out, plan.w.w, plan.k, by, sketch) if summary else None
     if plan.reduction == "mean":
         value = merged[7] if weighted else merged[2]
     elif plan.reduction == "sum":

@@ -256,7 +256,8 @@ def test_quantiles_within_the_sketch_rank_error():
     lambda rng, n: rng.integers(-3, 4, n),
     lambda rng, n: np.array(["a", "bb", "ccc", "é"])[rng.integers(0, 4, n)],
     lambda rng, n: np.array([["x", 5, "y"][i % 2 * 2] for i in rng.integers(0, 5, n)], dtype=object),
-    lambda rng, n: rng.integers(0, 3, n).astype(np.uint8)])
+    lambda rng, n: rng.integers(0, 3, n).astype(np.uint8),
+    lambda rng, n: rng.integers(-2, 3, n) * 10**15])  # a sparse range: factorised by sorting
 @pytest.mark.parametrize("k", [1, 2])
 def test_group_by_equals_each_groups_own_summary(keys, k):
     rng = np.random.default_rng(5)
@@ -376,3 +377,42 @@ def test_client_carries_the_same_state_module():
     code = ("import sys, lossd_client._summary_state as m; m.LossSummary.empty();"
             "sys.exit(sorted({'numba', 'lossd'} & set(sys.modules)) != [])")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_without_the_sketch():
+    rng = np.random.default_rng(2)
+    p, y, w = rng.standard_normal(3000), (rng.random(3000) < 0.5) * 1.0, rng.random(3000)
+    full = summarize(p, y, sample_weight=w)
+    bare = summarize(p, y, sample_weight=w, sketch=False)
+    assert state(bare) == state(full) and bare.k is None and full.k == 200
+    assert bare.stats() == full.stats()
+    with pytest.raises(ValueError, match="no quantile sketch"):
+        bare.quantile(0.5)
+    with pytest.raises(ValueError, match="no quantile sketch"):
+        full.merge(bare).stats([0.5])
+    m = LossSummary.merge_all([bare, full, LossSummary.empty()])
+    assert m.k is None and m.count == 6000
+    assert LossSummary.from_bytes(bare.to_bytes()) == bare and len(bare.to_bytes()) == 101
+    d = json.loads(json.dumps(bare.to_dict()))
+    assert d["sketch"] is None and LossSummary.from_dict(d) == bare
+    groups = summarize(p, y, by=(p > 0).astype(int), sketch=False)
+    assert all(g.k is None for g in groups.values()) and sum(g.count for g in groups.values()) == 3000
+    with pytest.raises(InputError, match="sketch"):
+        summarize(p, y, sketch="no")
+
+
+def test_bench_quick(tmp_path):
+    """bench/summary.py --quick runs and writes its figures."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "summary.py"), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert [row["n"] for row in rows] == [10**4, 10**5]
+    assert all(row["summarize"]["melem_s"] > 0 for row in rows)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import lossd.kernels.summary as module
+    assert doctest.testmod(module).failed == 0

@@ -29,7 +29,10 @@ State of a summary over losses l_i >= 0 (or +inf) with element weights w_i >= 0:
   ulp bound (κ the condition number of the variance);
 - a KLL quantile sketch of the losses (Apache DataSketches, ``kll_doubles_sketch``,
   Karnin, Lang & Liberty 2016) with k = 200 by default: a quantile's normalized rank
-  error is at most 1.33% (single-sided, 99% confidence; ``KLL_RANK_ERROR``).
+  error is at most 1.33% (single-sided, 99% confidence; ``KLL_RANK_ERROR``). The
+  sketch's update costs several times the rest of the state; a summary built with
+  ``sketch=False`` has none (``quantile`` raises) and a merge with such a summary has
+  none either.
 
 Once a loss is +inf, ``sum``, ``mean`` and ``m2`` are inf (as the kernels' ``stats``:
 mean inf, std inf); NaN is never produced. The empty summary (count 0) is the
@@ -131,7 +134,7 @@ class LossSummary:
 
     def __init__(self, count: int, inf_count: int, sum: tuple[float, float],
                  weighted_sum: tuple[float, float], weight_sum: tuple[float, float], m2: float,
-                 min: float, max: float, sketch: kll_doubles_sketch) -> None:
+                 min: float, max: float, sketch: kll_doubles_sketch | None) -> None:
         """Internal: use ``summarize``, ``empty``, ``merge`` or the deserialisers."""
         for name, v in (("count", count), ("inf_count", inf_count), ("sum", sum),
                         ("_wsum", weighted_sum), ("_weights", weight_sum), ("m2", m2),
@@ -159,9 +162,8 @@ class LossSummary:
         if not isinstance(other, LossSummary):
             raise TypeError(f"can only merge a LossSummary, not {type(other).__name__}")
         if other.count == 0 and self.count == 0:
-            sk = _copy_sketch(self._sketch)
-            sk.merge(other._sketch)
-            return LossSummary(0, 0, (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), 0.0, _INF, -_INF, sk)
+            return LossSummary(0, 0, (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), 0.0, _INF, -_INF,
+                               _merged_sketch(self._sketch, other._sketch))
         if other.count == 0:
             return self
         if self.count == 0:
@@ -176,8 +178,7 @@ class LossSummary:
             # δ·(δ·f), f = na·nb/n: δ² alone could overflow where M2 does not
             m2 = (self.m2 + other.m2) + delta * (delta * (na * nb / n))
             m2 = m2 if m2 == m2 else _INF
-        sk = _copy_sketch(self._sketch)
-        sk.merge(other._sketch)
+        sk = _merged_sketch(self._sketch, other._sketch)
         return LossSummary(n, self.inf_count + other.inf_count, s, _dd_add(self._wsum, other._wsum),
                            _dd_add(self._weights, other._weights), m2, min(self.min, other.min),
                            max(self.max, other.max), sk)
@@ -232,9 +233,9 @@ class LossSummary:
         return self.reduce("mean")
 
     @property
-    def k(self) -> int:
-        """The KLL sketch's k."""
-        return self._sketch.k
+    def k(self) -> int | None:
+        """The KLL sketch's k (None: built without a sketch)."""
+        return None if self._sketch is None else self._sketch.k
 
     def reduce(self, reduction: str = "mean") -> float:
         """The reduced loss: "mean" (Σ w·l / Σ w, correctly rounded from the
@@ -255,6 +256,9 @@ class LossSummary:
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile q = {q!r} is outside [0, 1]")
         self._need_data("quantile")
+        if self._sketch is None:
+            raise ValueError("this LossSummary has no quantile sketch (built with sketch=False, or merged "
+                             "with one that was)")
         return float(self._sketch.get_quantile(float(q)))
 
     def stats(self, quantiles: float | Iterable[float] = ()) -> dict[str, float]:
@@ -277,7 +281,7 @@ class LossSummary:
 
     def to_bytes(self) -> bytes:
         """Versioned, compact (101 bytes + the sketch's: 97 of header, 4 of CRC-32 at the end)."""
-        sk = self._sketch.serialize()
+        sk = b"" if self._sketch is None else self._sketch.serialize()
         body = _HEAD.pack(_MAGIC, _VERSION, self.count, self.inf_count, *self._sum, *self._wsum,
                           *self._weights, self.m2, self.min, self.max, len(sk)) + sk
         return body + struct.pack("<I", zlib.crc32(body))
@@ -304,13 +308,14 @@ class LossSummary:
     def to_dict(self) -> dict:
         """JSON-able: floats as JSON numbers (their shortest repr, which reads back to the
         same bits), ±inf as "Infinity"/"-Infinity", each double-double as [hi, lo], the
-        sketch as base64 of its serialisation."""
+        sketch as base64 of its serialisation (null without one)."""
         return {"version": _VERSION, "count": self.count, "inf_count": self.inf_count,
                 "sum": [_float_out(x) for x in self._sum],
                 "weighted_sum": [_float_out(x) for x in self._wsum],
                 "weight_sum": [_float_out(x) for x in self._weights],
                 "m2": _float_out(self.m2), "min": _float_out(self.min), "max": _float_out(self.max),
-                "sketch": base64.b64encode(self._sketch.serialize()).decode("ascii")}
+                "sketch": None if self._sketch is None
+                else base64.b64encode(self._sketch.serialize()).decode("ascii")}
 
     @classmethod
     def from_dict(cls, d: dict) -> LossSummary:
@@ -338,7 +343,7 @@ class LossSummary:
                 raise ValueError(f"summary field {f!r} must be an integer, got {d[f]!r:.40}")
             ints.append(d[f])
         try:
-            sk = base64.b64decode(d["sketch"], validate=True)
+            sk = b"" if d["sketch"] is None else base64.b64decode(d["sketch"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise ValueError("summary field 'sketch' is not base64") from None
         return cls._checked(*ints, *pairs, _float_in("m2", d["m2"]), _float_in("min", d["min"]),
@@ -352,6 +357,8 @@ class LossSummary:
             raise ValueError("LossSummary: a NaN in the state")
         if count and not (0.0 <= lmin <= lmax and m2 >= 0.0 and s[0] >= 0.0):
             raise ValueError("LossSummary: min, max, m2 or sum out of range")
+        if not sketch_bytes:  # built without a sketch
+            return cls(count, inf_count, s, ws, ww, m2, lmin, lmax, None)
         try:
             sk = kll_doubles_sketch.deserialize(bytes(sketch_bytes))
         except (ValueError, RuntimeError, TypeError) as e:
@@ -378,8 +385,13 @@ class LossSummary:
                 f"weighted_sum={self.weighted_sum!r}, weight_sum={self.weight_sum!r})")
 
 
-def _copy_sketch(sk: kll_doubles_sketch) -> kll_doubles_sketch:
-    return kll_doubles_sketch.deserialize(sk.serialize())
+def _merged_sketch(a: kll_doubles_sketch | None, b: kll_doubles_sketch | None) -> kll_doubles_sketch | None:
+    """A new sketch of both (None if either is None: its values are unknown)."""
+    if a is None or b is None:
+        return None
+    out = kll_doubles_sketch.deserialize(a.serialize())
+    out.merge(b)
+    return out
 
 
 def merge_groups(a: dict, b: dict) -> dict:
