@@ -6,7 +6,7 @@
 On a Parquet file of 10^8 rows (logits p ~ N(0, 3²), labels y in {0, 1}, weights w, group
 g of 100 keys; generated once and cached in --data-dir, outside the repository), each
 measured in a fresh process: pyarrow merely reading the columns p and y, the local
-streaming evaluation (and with weights and by), Dask with 1 worker × 1 thread and
+streaming evaluation (and without the quantile sketch, and with weights and by), Dask with 1 worker × 1 thread and
 2 workers × 1 thread (the cluster started and warmed before the clock), scikit-learn's
 `log_loss` on the first 10^7 rows held in memory (the answer cross-checked with lossd's),
 and Spark's logLoss evaluator where `bench/spark_setup.sh` has installed PySpark.
@@ -39,13 +39,15 @@ QUICK_ROWS = 1 << 21
 SKLEARN_ROWS = 10**7
 GROUPS = 100
 SPARK_PY = _common.BENCH_DIR / ".venv-spark" / "bin" / "python"
-CELLS = ("read", "local", "local_wby", "dask1", "dask2", "sklearn", "spark")
-LABELS = {"read": "pyarrow read", "local": "lossd local", "local_wby": "lossd local, weights + by",
+CELLS = ("read", "local", "local_nosketch", "local_wby", "dask1", "dask2", "sklearn", "spark")
+LABELS = {"read": "pyarrow read", "local": "lossd local", "local_nosketch": "lossd local, no sketch",
+          "local_wby": "lossd local, weights + by",
           "dask1": "Dask 1×1", "dask2": "Dask 2×1", "sklearn": "scikit-learn", "spark": "Spark"}
 LEGEND = {
     "read": "`pyarrow.parquet.ParquetFile.iter_batches` over p, y (lossd's reader and settings), each column `to_numpy` (zero-copy): the floor",
     "local": "`lossd.evaluate(path, predictions='p', labels='y')`: streamed in this process",
-    "local_wby": "the same with `weights='w', by='g'` (100 groups)",
+    "local_nosketch": "the same with `sketch=False` (no quantiles: what `lossd eval` does without --quantiles)",
+    "local_wby": "the same as lossd local with `weights='w', by='g'` (100 groups)",
     "dask1": "`lossd.evaluate(..., scheduler=...)` on a LocalCluster of 1 worker process × 1 thread",
     "dask2": "the same on 2 worker processes × 1 thread",
     "sklearn": "`sklearn.metrics.log_loss(y, expit(s))` on the first 10^7 rows in memory (expit and reading not timed)",
@@ -141,11 +143,12 @@ def _summary_fields(r) -> dict:
     return {"value": r.loss, "count": r.count}
 
 
-def cell_local(path: Path, rows: int, wby: bool = False) -> dict:
+def cell_local(path: Path, rows: int, wby: bool = False, sketch: bool = True) -> dict:
     import lossd
 
     _warm_kernels()
     extra = {"weights": "w", "by": "g"} if wby else {}
+    extra["sketch"] = sketch
     t0 = time.perf_counter()
     r = lossd.evaluate(str(path), predictions="p", labels="y", **extra)
     return {"seconds": time.perf_counter() - t0, "rows": rows, **_summary_fields(r)}
@@ -231,8 +234,8 @@ def cell_spark(path: Path, rows: int) -> dict:
 def run_cell(name: str, path: Path, rows: int) -> dict:
     if name == "read":
         out = cell_read(path, rows)
-    elif name in ("local", "local_wby"):
-        out = cell_local(path, rows, wby=name == "local_wby")
+    elif name in ("local", "local_nosketch", "local_wby"):
+        out = cell_local(path, rows, wby=name == "local_wby", sketch=name != "local_nosketch")
     elif name in ("dask1", "dask2"):
         out = cell_dask(path, rows, int(name[-1]))
     elif name == "sklearn":
@@ -279,7 +282,7 @@ def build_checks(res: dict) -> list[Check]:
     if "value" in sp and "value" in res["local"]:
         d = abs(sp["value"] - res["local"]["value"]) / abs(res["local"]["value"])
         checks.append(Check("same answer as Spark", f"rel. diff {d:.1e}", "≤ 1e-9", d <= 1e-9))
-    values = {n: res[n]["value"] for n in ("local", "dask1", "dask2") if "value" in res[n]}
+    values = {n: res[n]["value"] for n in ("local", "local_nosketch", "dask1", "dask2") if "value" in res[n]}
     if len(values) > 1:
         ref = values["local"] if "local" in values else next(iter(values.values()))
         worst = max(abs(v - ref) / abs(ref) for v in values.values())

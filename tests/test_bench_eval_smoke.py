@@ -42,7 +42,7 @@ def test_bench_eval_quick_runs_and_reports(tmp_path: Path) -> None:
         assert cell["seconds"] > 0 and cell["rows"] > 0 and cell["maxrss_mib"] > 0, (name, cell)
     for name in ("local", "dask2"):
         assert data["cells"][name]["count"] == 1 << 18
-    for name in ("local_wby", "dask1", "spark"):
+    for name in ("local_nosketch", "local_wby", "dask1", "spark"):
         assert data["cells"][name] == {"skipped": "not asked (--cells)"}
     goals = {g["goal"]: g["result"] for g in data["goals"]}
     assert goals["same answer as scikit-learn"] == "PASS", md

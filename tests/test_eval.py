@@ -80,6 +80,14 @@ def test_weights_and_groups(files, table, kind, key):
             assert math.isclose(s.loss, ref.loss, rel_tol=1e-13), (k, s.loss, ref.loss)
 
 
+def test_without_the_sketch_the_same_but_quantiles(files, table):
+    a = arrays(table)
+    got = lossd.evaluate(files["ipc"], predictions="p", labels="y", weights="w", by="g", sketch=False)
+    assert_same_groups(got, kernels.summarize(a["p"], a["y"], sample_weight=a["w"], by=a["g"]))
+    with pytest.raises(ValueError, match="sketch"):
+        got[0].quantile(0.5)
+
+
 def test_several_files_a_folder_and_a_glob(files, table):
     a = arrays(table)
     want = kernels.summarize(np.concatenate([a["p"]] * 2), np.concatenate([a["y"]] * 2))

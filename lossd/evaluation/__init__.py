@@ -20,7 +20,8 @@ BATCH_ROWS = 1 << 20  # rows per record batch: 8 MiB per float64 column
 def evaluate(source, *, predictions: str, labels: str, weights: str | None = None, by: str | None = None,
              input: str = "logits", loss: str = "cross_entropy", pos_weight=None,
              label_smoothing: float = 0.0, eps: float | None = None, gamma: float = 2.0,
-             alpha: float | None = None, dtype: str = "float64", file_format: str | None = None,
+             alpha: float | None = None, dtype: str = "float64", sketch: bool = True,
+             file_format: str | None = None,
              scheduler: str | None = None, workers: int | None = None, progress: bool = False,
              batch_rows: int = BATCH_ROWS) -> Union["LossSummary", dict]:
     """The loss summary of a dataset: ``LossSummary`` (``.loss``, ``.stats()``, ``.count``,
@@ -30,7 +31,8 @@ def evaluate(source, *, predictions: str, labels: str, weights: str | None = Non
     files), a list of them, or a ``dask.dataframe.DataFrame``. Files are Parquet, Arrow IPC
     (Feather) or CSV by extension, or as ``file_format`` says. ``predictions``, ``labels``,
     ``weights`` (``sample_weight``) and ``by`` name columns; the loss options are
-    ``kernels.loss``'s. Each file is streamed in record batches of ``batch_rows`` rows in
+    ``kernels.loss``'s; ``sketch=False`` leaves out the KLL quantile sketch (most of the
+    cost; ``quantile`` then raises). Each file is streamed in record batches of ``batch_rows`` rows in
     this process; with ``scheduler`` (a Dask scheduler's address) or ``workers`` (a local
     cluster of that many one-thread processes) the pieces are summarised by Dask and merged
     in a tree. A DataFrame runs on Dask's current scheduler unless one is named.
@@ -52,7 +54,7 @@ def evaluate(source, *, predictions: str, labels: str, weights: str | None = Non
     if scheduler is not None and workers is not None:
         raise DatasetError("give scheduler or workers, not both")
     columns = Columns(predictions, labels, weights, by)
-    options = Options(input, loss, pos_weight, label_smoothing, eps, gamma, alpha, dtype)
+    options = Options(input, loss, pos_weight, label_smoothing, eps, gamma, alpha, dtype, sketch)
     frame = _is_dask_frame(source)
     if frame or scheduler is not None or workers is not None:
         from . import on_dask

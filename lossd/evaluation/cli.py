@@ -38,7 +38,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--alpha", type=float, help="focal loss alpha (default: none)")
     ap.add_argument("--dtype", default="float64", help="float64 (default) or float32")
     ap.add_argument("--quantiles", type=_quantiles, default=(), metavar="Q,Q",
-                    help="loss quantiles from the sketch, e.g. 0.5,0.99")
+                    help="loss quantiles from a KLL sketch, e.g. 0.5,0.99 (the sketch is built only then: "
+                         "about 4x slower)")
     ap.add_argument("--format", choices=FORMATS, default="table", help="output (default table)")
     ap.add_argument("--file-format", choices=("parquet", "ipc", "csv"),
                     help="input format (default: by extension)")
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                           input=args.input, loss=args.loss, pos_weight=args.pos_weight,
                           label_smoothing=args.label_smoothing, eps=args.eps, gamma=args.gamma,
                           alpha=args.alpha, dtype=args.dtype, file_format=args.file_format,
+                          sketch=bool(args.quantiles),  # only quantiles need it, and it is most of the cost
                           scheduler=args.scheduler, workers=args.workers,
                           progress=not args.no_progress and sys.stderr.isatty(),
                           batch_rows=args.batch_rows or BATCH_ROWS)

@@ -20,7 +20,7 @@ Result = Union[LossSummary, dict]  # one summary, or {key: summary} with `by`
 
 @dataclass(frozen=True)
 class Options:
-    """``summarize``'s loss options, as its keywords (and the JSON fields) name them."""
+    """``summarize``'s options, as its keywords (and the JSON fields) name them."""
 
     input: str = "logits"
     loss: str = "cross_entropy"
@@ -30,11 +30,12 @@ class Options:
     gamma: float = 2.0
     alpha: float | None = None
     dtype: str = "float64"
+    sketch: bool = True  # the KLL quantile sketch: most of summarize's cost
 
     def keywords(self) -> dict:
         return dict(input=self.input, loss=self.loss, pos_weight=self.pos_weight,
                     label_smoothing=self.label_smoothing, eps=self.eps, gamma=self.gamma, alpha=self.alpha,
-                    dtype=self.dtype)
+                    dtype=self.dtype, sketch=self.sketch)
 
 
 class DatasetInputError(InputError):
