@@ -270,6 +270,8 @@ def build_checks(res: dict) -> list[Check]:
 
     checks = []
     for goal, a, b, target in (("local streaming ≥ 0.5 × pyarrow read", "local", "read", 0.5),
+                               ("the same without the sketch (`lossd eval` without --quantiles)",
+                                "local_nosketch", "read", 0.5),
                                ("Dask 2×1 ≥ 1.5 × Dask 1×1", "dask2", "dask1", 1.5),
                                ("Dask 2×1 ≥ 0.7 × local streaming", "dask2", "local", 0.7)):
         x = ratio(a, b)
