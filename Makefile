@@ -14,7 +14,7 @@ TOOLS ?= .venv-tools
 
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install install-dev run test grpc-gen bench bench-kernels bench-service bench-mlserver bench-wire bench-targets bench-scaling bench-image image run-image loadtest lock lock-upgrade audit clean
+.PHONY: install install-dev run test grpc-gen bench bench-kernels bench-service bench-eval bench-mlserver bench-wire bench-targets bench-scaling bench-image image run-image loadtest lock lock-upgrade audit clean
 
 # The venv keeps the pip that comes with Python: nothing is fetched that no lock names.
 $(BIN)/python:
@@ -27,9 +27,9 @@ $(STAMP_RUN): pyproject.toml $(SERVICE_LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP_RUN)
 
-# The test, bench and load extras and the client's dependencies with its grpc extra (the load
-# tests use the client's OIP framing, the client's tests every transport): one lock, a
-# superset of the service's with the same versions.
+# The test, bench, load and eval extras and the client's dependencies with its grpc extra
+# (the load tests use the client's OIP framing, the client's tests every transport): one
+# lock, a superset of the service's with the same versions.
 $(STAMP_DEV): pyproject.toml client/pyproject.toml $(DEV_LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install -q --require-hashes -r $(DEV_LOCK)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . -e ./client
@@ -56,6 +56,7 @@ bench: $(STAMP_DEV)
 	$(BIN)/python -m loadtests sweep --out bench/out/capacity
 	@# a missed goal is a result for the report, not a reason to stop (failed requests are too)
 	-$(BIN)/python -m loadtests goals --out bench/out/goals
+	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/report.py
 
 bench-kernels: $(STAMP_DEV)
@@ -63,6 +64,13 @@ bench-kernels: $(STAMP_DEV)
 
 bench-service: $(STAMP_DEV)
 	$(BIN)/python bench/service.py
+
+# `lossd eval` on a 10^8-row Parquet file (generated once into /tmp/lossd-bench-eval), with
+# Spark's evaluator beside it: PySpark goes in a venv of its own (bench/.venv-spark), as
+# MLServer does; `make bench` runs bench/eval.py without it (its Spark cell says so).
+bench-eval: $(STAMP_DEV)
+	bash bench/spark_setup.sh
+	$(BIN)/python bench/eval.py
 
 # lossd against MLServer over OIP JSON (issue 14). MLServer goes in a venv of its own
 # (bench/.venv-mlserver, pinned in the script), never in this project's venv or locks;
@@ -128,7 +136,7 @@ $(TOOLS)/.installed: $(TOOLS_LOCK)
 	touch $@
 
 lock: $(TOOLS)/.installed
-	$(COMPILE) $(LOCK_UPGRADE) --all-build-deps --extra test --extra bench --extra load --extra grpc \
+	$(COMPILE) $(LOCK_UPGRADE) --all-build-deps --extra test --extra bench --extra load --extra eval --extra grpc \
 	  -o $(DEV_LOCK) pyproject.toml client/pyproject.toml
 	cp $(DEV_LOCK) $(SERVICE_LOCK)
 	$(COMPILE) --all-build-deps -o $(SERVICE_LOCK) pyproject.toml

@@ -44,6 +44,8 @@ SECTIONS = [
      "capacity/sweep.md"),
     ("Load-test goals: the mixed profile, 50 users, 2 workers", "python -m loadtests goals --out bench/out/goals",
      "goals/goals.md"),
+    ("Dataset evaluation: streaming, Dask, scikit-learn, Spark",
+     "bash bench/spark_setup.sh && python bench/eval.py", "eval.md"),
 ]
 PLOTS = {"kernels.md": "kernels.png", "oip.md": "latency.png", "capacity/sweep.md": "capacity.png"}
 

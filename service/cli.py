@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         "bake", help="compile every kernel signature ahead of time for CPU targets",
         description="Fills DEST/<target>/ for each target; serve it with LOSSD_BAKED_CACHE=DEST and "
                     "LOSSD_CPU_TARGET=portable."))
+    from lossd.evaluation import cli as eval_cli
+
+    eval_cli.add_arguments(sub.add_parser(
+        "eval", help="the loss summary of Parquet, Arrow IPC or CSV files, streamed or on Dask",
+        description="Streams each file in record batches (bounded memory), or runs on Dask with "
+                    "--scheduler/--workers. Needs the eval extra: pip install 'lossd[eval]'."))
     return parser
 
 
@@ -124,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         from lossd import bake
 
         return bake.run(args)
+    if args.command == "eval":
+        from lossd.evaluation import cli as eval_cli
+
+        return eval_cli.run(args)
     if getattr(args, "token_in_argv", None) is not None:
         print("lossd: --api-token is not accepted (a command line is visible to every local user "
               "in ps); put the token in a file for --api-token-file or LOSSD_API_TOKEN_FILE, or in "

@@ -44,7 +44,8 @@ def run_lossd(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, 
 
 @pytest.mark.parametrize("args,needle", [(["--help"], "serve"), (["-h"], "serve"),
                                          (["serve", "--help"], "--max-elements"),
-                                         (["bake", "--help"], "bake")])
+                                         (["bake", "--help"], "bake"),
+                                         (["eval", "--help"], "--predictions")])
 def test_help_exits_0_without_heavy_imports(args, needle):
     code, out, err, loaded = run_lossd(*args)
     assert code == 0, err
@@ -59,11 +60,13 @@ def test_help_exits_0_without_heavy_imports(args, needle):
     (["serve", "--log-level", "loud"], {}, ["--log-level", "'loud'"]),
     (["serve", "--max-elements", "many"], {}, ["--max-elements"]),
     (["serve", "--api-token", "secret"], {}, ["--api-token"]),
+    (["eval", "x.parquet", "--labels", "y"], {}, ["--predictions"]),
+    (["eval", "x.parquet", "--predictions", "p", "--labels", "y", "--quantiles", "2"], {}, ["--quantiles"]),
     (["serve"], {"LOSSD_PORT": "abc"}, ["LOSSD_PORT", "'abc'"]),
     (["serve"], {"LOSSD_MAX_QUEUE": "-1"}, ["LOSSD_MAX_QUEUE"]),
     (["serve", "--port", "0"], {"LOSSD_WORKERS": "many"}, ["LOSSD_WORKERS"]),
 ], ids=["port-abc", "unknown-flag", "unknown-top-flag", "log-level", "max-elements", "token-in-argv",
-        "env-port", "env-max-queue", "env-workers"])
+        "eval-no-predictions", "eval-quantile", "env-port", "env-max-queue", "env-workers"])
 def test_argument_errors_exit_2_naming_the_flag_without_heavy_imports(args, env, names):
     code, out, err, loaded = run_lossd(*args, env=env)
     assert code == 2, (code, out, err)

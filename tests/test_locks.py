@@ -17,7 +17,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = ROOT / "requirements"
-EXTRAS = ("test", "bench", "load")  # what `make install-dev` installs
+EXTRAS = ("test", "bench", "load", "eval")  # what `make install-dev` installs
 
 _ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s*\\\s*$")
 _HASH = re.compile(r"^\s+--hash=sha256:[0-9a-f]{64}(\s*\\)?\s*$")
