@@ -29,6 +29,89 @@ def new_tables(ngroups: int) -> tuple[np.ndarray, np.ndarray]:
     return acc, np.zeros((ngroups, N_CNT), dtype=np.int64)
 
 
+def _build_flat():
+    STAMP = _STAMP
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def flat_sums(losses, acc, cnt):
+        """The first pass of ``accumulate`` for one group without weights, into acc[0] and
+        cnt[0]: four independent TwoSum chains (one chain is bound by its add latency,
+        ~146 Melem/s), joined by TwoSum at the end, so the pair is as exact as one chain's."""
+        _ = STAMP
+        n = losses.size
+        h0 = h1 = h2 = h3 = 0.0
+        l0 = l1 = l2 = l3 = 0.0
+        lo_min, hi_max = np.inf, -np.inf
+        ninf = 0
+        i = 0
+        while i + 4 <= n:
+            x0, x1, x2, x3 = losses[i], losses[i + 1], losses[i + 2], losses[i + 3]
+            lo_min = min(lo_min, min(min(x0, x1), min(x2, x3)))
+            hi_max = max(hi_max, max(max(x0, x1), max(x2, x3)))
+            if x0 == np.inf or x1 == np.inf or x2 == np.inf or x3 == np.inf:
+                ninf += (x0 == np.inf) + (x1 == np.inf) + (x2 == np.inf) + (x3 == np.inf)
+                x0 = 0.0 if x0 == np.inf else x0
+                x1 = 0.0 if x1 == np.inf else x1
+                x2 = 0.0 if x2 == np.inf else x2
+                x3 = 0.0 if x3 == np.inf else x3
+            h0, e = M.two_sum(h0, x0)
+            l0 += e
+            h1, e = M.two_sum(h1, x1)
+            l1 += e
+            h2, e = M.two_sum(h2, x2)
+            l2 += e
+            h3, e = M.two_sum(h3, x3)
+            l3 += e
+            i += 4
+        while i < n:
+            x = losses[i]
+            lo_min = min(lo_min, x)
+            hi_max = max(hi_max, x)
+            if x == np.inf:
+                ninf += 1
+            else:
+                h0, e = M.two_sum(h0, x)
+                l0 += e
+            i += 1
+        hi, lo = h0, l0
+        for h, l in ((h1, l1), (h2, l2), (h3, l3)):
+            hi, e = M.two_sum(hi, h)
+            lo += e + l
+        acc[0, A_SUM] = hi
+        acc[0, A_SUM_LO] = lo
+        acc[0, A_MIN] = min(acc[0, A_MIN], lo_min)
+        acc[0, A_MAX] = max(acc[0, A_MAX], hi_max)
+        cnt[0, C_COUNT] += n
+        cnt[0, C_INF] += ninf
+        cnt[0, C_WINF] += ninf
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def flat_m2(losses, mean):
+        """Σ(l - mean)² in four chains (finite losses only)."""
+        _ = STAMP
+        n = losses.size
+        m0 = m1 = m2 = m3 = 0.0
+        i = 0
+        while i + 4 <= n:
+            d0, d1 = losses[i] - mean, losses[i + 1] - mean
+            d2, d3 = losses[i + 2] - mean, losses[i + 3] - mean
+            m0 += d0 * d0
+            m1 += d1 * d1
+            m2 += d2 * d2
+            m3 += d3 * d3
+            i += 4
+        while i < n:
+            d = losses[i] - mean
+            m0 += d * d
+            i += 1
+        return (m0 + m1) + (m2 + m3)
+
+    return flat_sums, flat_m2
+
+
+_flat_sums, _flat_m2 = _build_flat()
+
+
 def _build_accumulate():
     STAMP = _STAMP
 
@@ -43,7 +126,10 @@ def _build_accumulate():
         rows = losses.size // k
         weighted = w.size > 0
         grouped = groups.size > 0
-        for r in range(rows):
+        flat = not weighted and not grouped
+        if flat:
+            _flat_sums(losses, acc, cnt)
+        for r in range(0 if flat else rows):
             g = groups[r] if grouped else 0
             wr = w[r] if weighted else 1.0
             for i in range(r * k, r * k + k):
@@ -92,6 +178,9 @@ def _build_accumulate():
                 acc[g, A_WSUM] = np.inf
                 acc[g, A_WSUM_LO] = 0.0
         # Second pass: M2 about each finite group's mean.
+        if flat and acc[0, A_M2] != np.inf:
+            acc[0, A_M2] += _flat_m2(losses, means[0])
+            return
         for r in range(rows):
             g = groups[r] if grouped else 0
             if acc[g, A_M2] == np.inf:

@@ -416,3 +416,35 @@ def test_docstring_examples():
 
     import lossd.kernels.summary as module
     assert doctest.testmod(module).failed == 0
+
+
+@pytest.mark.parametrize("n", range(0, 12))
+def test_four_chain_pass_without_weights_is_exact_at_every_length_and_inf_position(n):
+    """summary_of without weights and groups takes four TwoSum chains (a tail of n mod 4
+    on the first): every length and every position of an infinite loss gives the exact
+    count, min, max, inf_count and sums within 1 ulp, and the same as the weighted pass
+    with weights 1 (the one-chain loop) but for the order of its additions."""
+    rnd = random.Random(n)
+    x = np.array([math.ldexp(rnd.random(), rnd.randint(-300, 300)) for _ in range(n)])
+    ones = np.ones(n)
+    for pos in [None, *range(n)]:
+        y = x.copy()
+        if pos is not None:
+            y[pos] = math.inf
+        flat, chain = summary_of(y, np.empty(0), 1), summary_of(y, ones, 1)
+        if n:
+            check_exact(flat, y, None)
+        else:
+            assert flat.count == 0
+        for f in ("count", "inf_count", "min", "max"):
+            assert getattr(flat, f) == getattr(chain, f), (f, pos)
+        assert ulps(flat.sum, chain.sum) <= 1 and flat.m2 == pytest.approx(chain.m2, rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [4000, 4001, 4002, 4003])
+def test_four_chain_pass_keeps_every_rounding_error(n):
+    """Thousands of losses of one magnitude: a plain float sum drifts by many ulp here,
+    so a chain that dropped its error terms would miss the 1-ulp bound."""
+    x = np.random.default_rng(n).uniform(0.5, 2.0, n)
+    assert ulps(float(np.cumsum(x)[-1]), float(sum(Fraction(v) for v in x.tolist()))) > 1  # the trap is armed
+    check_exact(summary_of(x, np.empty(0), 1), x, None)
