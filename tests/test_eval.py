@@ -282,3 +282,34 @@ def test_a_file_larger_than_the_bound_runs_in_bounded_memory(tmp_path):
     got = json.loads(r.stdout)
     assert got["count"] == groups * rows_per_group
     assert got["peak"] - got["base"] <= MEMORY_BOUND_MIB, (got, f"file {size / 2**20:.0f} MiB")
+
+
+def test_read_ahead_passes_items_errors_and_stops_with_its_consumer():
+    import threading
+
+    from lossd.evaluation.local import read_ahead
+
+    assert list(read_ahead(iter(range(100)))) == list(range(100))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for x in read_ahead(failing()):
+            got.append(x)
+    assert got == [1]
+
+    produced = []
+
+    def counted():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    for x in read_ahead(counted(), depth=1):
+        if x == 3:
+            break
+    assert len(produced) <= 3 + 3  # one waiting in the queue, one being put: never the rest
+    assert not [t for t in threading.enumerate() if t.name == "lossd-eval-read"]
