@@ -1,5 +1,6 @@
 """Smoke test of the dataset-evaluation benchmark: ``bench/eval.py --quick`` on a file of
-2^18 rows generated into a temporary folder measures the read floor, the local streaming
+2^18 rows generated into a temporary folder measures the read floor, the KLL update alone
+(the ceiling with quantiles), the local streaming
 evaluation, Dask with 2 workers and scikit-learn (the other cells are the same code paths
 with other arguments; Spark needs a venv of its own, ``bench/spark_setup.sh``), reports
 them, and its cross-checks hold: lossd's answer equals scikit-learn's and Dask's equals the
@@ -24,7 +25,7 @@ from bench_helpers import md_rows
 pytest.importorskip("distributed")
 
 REPO = Path(__file__).resolve().parents[1]
-CELLS = ("read", "local", "dask2", "sklearn")
+CELLS = ("read", "sketch", "local", "dask2", "sklearn")
 
 
 def test_bench_eval_quick_runs_and_reports(tmp_path: Path) -> None:
