@@ -6,14 +6,15 @@ The rule: shared memory from ``SHM_MIN_BYTES`` of input tensors when the server 
 (a server on this host with ``LOSSD_SHM``); else gRPC below ``GRPC_MAX_BYTES`` when it is
 offered (``lossd-client[grpc]`` installed, ``LOSSD_GRPC_PORT`` on and reachable); else
 HTTP with binary tensors. Measured through the client, median ms of ``loss``
-reduction="mean" / ``grad`` reduction="none" with FP64 predictions and labels (2 shared,
-busy cores; ``python bench/client_transports.py --quick --repeat 40 --budget 2``):
+reduction="mean" / ``grad`` reduction="none" with FP64 predictions and labels (2 quiet
+cores, server ``--workers 1 --threads 2``; ``python bench/client_transports.py``):
 
     n       http          grpc          shm
-    10      1.32 / 1.28   0.85 / 0.88   1.20 / 1.43
-    1e3     1.00 / 1.13   0.80 / 0.83   1.04 / 1.32
-    1e5     4.03 / 13.7   3.83 / 4.68   5.04 / 3.76
-    1e6     33.9 / 101    22.0 / 117    13.5 / 19.5
+    10      1.36 / 1.36   1.02 / 1.09   1.97 / 2.76
+    1e3     1.42 / 1.87   1.14 / 1.65   2.86 / 2.44
+    1e5     4.16 / 8.93   3.21 / 5.16   2.75 / 3.64
+    1e6     18.2 / 70.9   22.1 / 49.6   6.96 / 10.0
+    1e7     844 / 1580    593 / 896     32.4 / 69.8
 
 gRPC's per-call cost is the smallest up to about a megabyte; beyond a few megabytes its
 copies (the message into and out of grpc's buffers) cost as much as HTTP's or more, and
