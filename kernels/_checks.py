@@ -39,6 +39,15 @@ def _choice(name: str, value, allowed: Sequence[str]) -> str:
     return value
 
 
+def _flag(name: str, value) -> bool:
+    """A boolean option (Python's or NumPy's bool), anything else refused."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise InputError(name, f"must be true or false, got {value!r:.40}")
+
+
 def _number(name: str, value, lo: float, hi: float, lo_open=False, hi_open=False,
             index: tuple[int, ...] = ()) -> float:
     try:

@@ -14,10 +14,10 @@ import numpy as np
 from . import _drivers as D
 from . import _math as M
 from . import runtime
-from ._checks import _as_float32, _first_bad, _float32_result, _quantile_key
+from ._checks import _as_float32, _first_bad, _flag, _float32_result, _quantile_key
 from ._compile import _block, _block_pointer, _compiled, _driver
 from ._planner import PARALLEL_MIN, _Plan, _plan
-from .errors import InputError, KernelError
+from .errors import KernelError
 from .results import GradResult, LossResult
 from .summary import summary_of
 
@@ -153,12 +153,4 @@ def grad(predictions, labels, *, input: str = "logits", loss: str = "cross_entro
     if dtype != "float64":
         losses, g = _float32_result(losses), _float32_result(g)
     return GradResult(value, g, losses, stats, summ)
-
-
-def _flag(name: str, v) -> bool:
-    if v is True or v is False:
-        return v
-    if isinstance(v, np.bool_):
-        return bool(v)
-    raise InputError(name, f"must be true or false, got {v!r:.40}")
 

@@ -13,7 +13,7 @@ import numpy as np
 from datasketches import kll_doubles_sketch
 
 from . import _summary_nb as NB
-from ._checks import _as_float32
+from ._checks import _as_float32, _flag
 from ._planner import _plan
 from ._summary_state import KLL_K, KLL_RANK_ERROR, REDUCTIONS, LossSummary, merge_groups
 from .errors import InputError
@@ -117,6 +117,4 @@ def summarize(predictions, labels, *, input: str = "logits", loss: str = "cross_
     plan = _plan(predictions, labels, input, loss, "sum", sample_weight, pos_weight,
                  label_smoothing, eps, gamma, alpha, ())
     from .api import _run  # api imports this module (loss(..., summary=True))
-    if sketch is not True and sketch is not False:
-        raise InputError("sketch", f"must be true or false, got {sketch!r:.40}")
-    return _run(plan, grad=False, summary=True, by=by, sketch=sketch)[4]
+    return _run(plan, grad=False, summary=True, by=by, sketch=_flag("sketch", sketch))[4]
