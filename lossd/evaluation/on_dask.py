@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from .compute import Options, Result, from_wire, merge_wire, summarize_file_piece
-from .sources import Columns, DataFile, parquet_pieces
+from .sources import Columns, DataFile, count_rows, parquet_pieces
 
 PIECE_ROWS = 1 << 22  # ~4 M rows: tasks of ~0.1 s, few enough that scheduling is cheap
 FAN_IN = 8
@@ -109,7 +109,7 @@ def _tree(parts: list, fan_in: int = FAN_IN):
 def piece_rows_for(files: list[DataFile], threads: int) -> int:
     """Rows per piece: PIECE_ROWS, or fewer so that every thread gets about 4 pieces
     (row groups are never cut, so a file of few row groups gives few pieces)."""
-    total = sum(rows for f in files if f.format == "parquet" for _, _, rows in parquet_pieces(f, 1))
+    total = sum(count_rows(f) for f in files if f.format == "parquet")
     return max(1, min(PIECE_ROWS, -(-total // (4 * max(1, threads)))))
 
 
